@@ -1,0 +1,1 @@
+"""Docker semantics behind the API: image service, system info, events. Imports: images and everything below."""

@@ -1,0 +1,19 @@
+"""The bundle of engine services that the API serves; built by ``berth.daemon`` (the composition root)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from berth.engine.events import EventBus
+    from berth.engine.system import SystemService
+
+
+@dataclass
+class Engine:
+    """Everything a route handler may reach. New services are added here as they land."""
+
+    events: EventBus
+    system: SystemService
+    images: Any = None  # berth.engine.images.ImageService once wired

@@ -1,0 +1,1 @@
+"""SQLite (WAL) metadata: images and tags. Imports: oci, errors, stdlib."""
