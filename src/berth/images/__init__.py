@@ -1,1 +1,4 @@
-"""Images: load/save/import, unpacking into snapshots, garbage collection, base-image bootstrap. Imports: content, snapshots, layers, metadata, kernel, oci, errors."""
+"""Images: load/save/import, unpacking into snapshots, garbage collection, base-image bootstrap.
+
+Imports: content, snapshots, layers, metadata, kernel, oci, errors.
+"""

@@ -1,0 +1,149 @@
+"""Image routes: list, inspect, history, tag, remove, prune, load, save, import, system df, and berth's bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import urllib.error
+import urllib.request
+from typing import Any, BinaryIO
+
+from berth.api.http import Request, Response, StreamResponse, empty, json_line, json_response, thread_stream
+from berth.api.router import Router
+from berth.engine.services import Engine
+from berth.errors import InvalidArgument, NotImplementedYet, Unavailable
+
+TAR = "application/x-tar"
+_FLUSH = 1 << 20
+
+
+class _EmitWriter(io.RawIOBase):
+    """A write-only file that hands ~1 MiB chunks to a stream's ``emit`` (few, large HTTP chunks)."""
+
+    def __init__(self, emit: Any) -> None:
+        self._emit = emit
+        self._buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self._buf += b
+        if len(self._buf) >= _FLUSH:
+            self.flush()
+        return len(b)
+
+    def flush(self) -> None:
+        if self._buf:
+            self._emit(bytes(self._buf))
+            self._buf.clear()
+
+
+def register(router: Router) -> None:
+    @router.route("GET", "/images/json")
+    async def list_images(req: Request, engine: Engine) -> Response:
+        result = await asyncio.to_thread(engine.images.list, req.qfilters(), req.qbool("all"),
+                                         req.qbool("digests"))
+        return json_response(result)
+
+    @router.route("GET", "/images/get")
+    async def save_many(req: Request, engine: Engine) -> StreamResponse:
+        return await _save(engine, req.qall("names"))
+
+    @router.route("POST", "/images/load")
+    async def load(req: Request, engine: Engine) -> StreamResponse:
+        quiet = req.qbool("quiet", True)
+        body = req.blocking_reader()
+
+        def work(emit: Any) -> None:
+            engine.images.load(body, lambda msg: emit(json_line(msg)), quiet=quiet)
+        return StreamResponse(thread_stream(work))
+
+    @router.route("POST", "/images/create")
+    async def create(req: Request, engine: Engine) -> Response | StreamResponse:
+        src = req.q("fromSrc")
+        if src is None:
+            image = req.q("fromImage") or ""
+            raise NotImplementedYet(f"pulling {image} is not supported by berth yet: use `docker load` or "
+                                    "`berth image bootstrap`")
+        return await _import(req, engine, src)
+
+    @router.route("POST", "/images/prune")
+    async def prune(req: Request, engine: Engine) -> Response:
+        return json_response(await asyncio.to_thread(engine.images.prune, req.qfilters()))
+
+    @router.route("GET", "/system/df")
+    async def disk_usage(req: Request, engine: Engine) -> Response:
+        images = await asyncio.to_thread(engine.images.disk_usage)
+        return json_response({**images, "Containers": [], "Volumes": [], "BuildCache": []})
+
+    @router.route("POST", "/berth/images/bootstrap")
+    async def bootstrap(req: Request, engine: Engine) -> StreamResponse:
+        name = req.q("image") or req.q("name")
+        if not name:
+            raise InvalidArgument("image is required (e.g. busybox, debian:bookworm, python:3.11)")
+
+        def work(emit: Any) -> None:
+            engine.images.bootstrap(name, lambda msg: emit(json_line(msg)))
+        return StreamResponse(thread_stream(work))
+
+    @router.route("GET", "/images/{name:.*}/json")
+    async def inspect(req: Request, engine: Engine, name: str) -> Response:
+        return json_response(await asyncio.to_thread(engine.images.inspect, name))
+
+    @router.route("GET", "/images/{name:.*}/history")
+    async def history(req: Request, engine: Engine, name: str) -> Response:
+        return json_response(await asyncio.to_thread(engine.images.history, name))
+
+    @router.route("GET", "/images/{name:.*}/get")
+    async def save_one(req: Request, engine: Engine, name: str) -> StreamResponse:
+        return await _save(engine, [name])
+
+    @router.route("POST", "/images/{name:.*}/tag")
+    async def tag(req: Request, engine: Engine, name: str) -> Response:
+        await asyncio.to_thread(engine.images.tag, name, req.q("repo") or "", req.q("tag"))
+        return empty(201)
+
+    @router.route("DELETE", "/images/{name:.*}")
+    async def remove(req: Request, engine: Engine, name: str) -> Response:
+        result = await asyncio.to_thread(engine.images.remove, name, req.qbool("force"), req.qbool("noprune"))
+        return json_response(result)
+
+
+async def _save(engine: Engine, names: list[str]) -> StreamResponse:
+    await asyncio.to_thread(engine.images.check_exists, names)
+
+    def work(emit: Any) -> None:
+        out = _EmitWriter(emit)
+        engine.images.save(names, out)  # type: ignore[arg-type]
+        out.flush()
+    return StreamResponse(thread_stream(work), content_type=TAR, json_errors=False)
+
+
+async def _import(req: Request, engine: Engine, src: str) -> StreamResponse:
+    repo = req.q("repo") or ""
+    tag = req.q("tag") or ""
+    changes = req.qall("changes")
+    message = req.q("message") or ""
+    body: BinaryIO
+    if src == "-":
+        body = req.blocking_reader()
+    elif src.startswith(("http://", "https://")):
+        body = await asyncio.to_thread(_open_url, src)
+    else:
+        raise InvalidArgument(f"unsupported import source {src!r}: give - (the request body) or an http(s) URL")
+
+    def work(emit: Any) -> None:
+        try:
+            image_id = engine.images.import_(body, repo, tag, changes, message, src)
+        finally:
+            body.close()
+        emit(json_line({"status": image_id}))
+    return StreamResponse(thread_stream(work))
+
+
+def _open_url(url: str) -> BinaryIO:
+    try:
+        return urllib.request.urlopen(url, timeout=30)  # type: ignore[no-any-return]
+    except (urllib.error.URLError, OSError) as e:
+        raise Unavailable(f"Get \"{url}\": {getattr(e, 'reason', e)}") from None

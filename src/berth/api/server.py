@@ -1,0 +1,461 @@
+"""The Engine API's HTTP/1.1 server: asyncio + h11 on a unix socket.
+
+One task per connection, keep-alive, request bodies streamed to handlers (chunked or not), chunked
+responses flushed per chunk, HEAD/204/304 without a body, the ``/v1.NN`` prefix, Docker's headers on
+every response, and hand-over of the raw connection for attach/exec (``Hijack``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import http
+import logging
+import os
+import re
+import socket
+import stat
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import h11
+
+import berth
+from berth.api.errors import error_response, message_for
+from berth.api.http import (
+    ADVERTISED_API_VERSION,
+    MIN_API_VERSION,
+    Hijack,
+    Request,
+    Response,
+    StreamResponse,
+    json_line,
+    json_response,
+)
+from berth.api.router import Router
+from berth.engine.services import Engine
+from berth.errors import InvalidArgument
+
+log = logging.getLogger("berth.api")
+
+_VERSION_PREFIX = re.compile(r"^/v([0-9.]+)(/.*)$")
+_READ_SIZE = 1 << 16
+_MAX_HEADER_BYTES = 1 << 20
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"1.24"`` → ``(1, 24)``; empty or odd parts count as 0, like moby's ``versions.compare``."""
+    return tuple(int(p) if p.isdigit() else 0 for p in version.split("."))
+
+
+def check_api_version(version: str) -> None:
+    """dockerd's bounds check on the path version, with its wording."""
+    if version_tuple(version) < version_tuple(MIN_API_VERSION):
+        raise InvalidArgument(
+            f"client version {version} is too old. Minimum supported API version is {MIN_API_VERSION}, "
+            "please upgrade your client to a newer version"
+        )
+    if version_tuple(version) > version_tuple(ADVERTISED_API_VERSION):
+        raise InvalidArgument(
+            f"client version {version} is too new. Maximum supported API version is {ADVERTISED_API_VERSION}"
+        )
+
+
+class ClientGone(Exception):
+    """The client closed the connection while a response was in progress."""
+
+
+def _reason(status: int) -> bytes:
+    if status == 101:
+        return b"UPGRADED"  # what dockerd says; the CLI only looks at the code
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+class _Date:
+    """The ``Date`` header, formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def now(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._value = email.utils.formatdate(second, usegmt=True).encode()
+        return self._value
+
+
+class _RequestBody:
+    """``BodySource`` over the connection's h11 state: yields ``Data`` until ``EndOfMessage``."""
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self.done = False
+
+    async def receive(self) -> bytes:
+        if self.done:
+            return b""
+        try:
+            event = await self._conn.next_event()
+        except h11.RemoteProtocolError as err:
+            raise ClientGone(f"request body: {err}") from None
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            self.done = True
+            return b""
+        raise ClientGone(f"unexpected {type(event).__name__} in the request body")
+
+    async def drain(self) -> None:
+        while await self.receive():
+            pass
+
+
+class _RawStream:
+    """``HijackedStream`` over the asyncio stream pair, starting with bytes h11 had already read."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, initial: bytes) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._initial = initial
+
+    async def read(self, n: int = _READ_SIZE) -> bytes:
+        if self._initial:
+            data, self._initial = self._initial[:n], self._initial[n:]
+            return data
+        try:
+            return await self._reader.read(n)
+        except ConnectionError:
+            return b""
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def close_write(self) -> None:
+        if self._writer.can_write_eof():
+            with contextlib.suppress(OSError):
+                self._writer.write_eof()
+
+
+class _Connection:
+    """One client connection: reads requests with h11, dispatches, writes responses."""
+
+    def __init__(self, server: ApiServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEADER_BYTES)
+        self.peer_closed = False
+
+    async def next_event(self) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if self.h11.they_are_waiting_for_100_continue:
+                self._write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+            await self.writer.drain()
+            data = await self.reader.read(_READ_SIZE) if not self.peer_closed else b""
+            if not data:
+                self.peer_closed = True
+            self.h11.receive_data(data)
+
+    def _write(self, data: bytes | None) -> None:
+        if data:
+            self.writer.write(data)
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                try:
+                    event = await self.next_event()
+                except h11.RemoteProtocolError as err:
+                    await self._bad_request(err)
+                    return
+                if not isinstance(event, h11.Request):
+                    return  # ConnectionClosed, or PAUSED after a protocol switch we did not make
+                if not await self._handle(event):
+                    return
+                if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+                    return
+                self.h11.start_next_cycle()
+        except (ConnectionError, ClientGone, h11.LocalProtocolError) as err:
+            log.debug("connection ended: %s", err)
+        finally:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+    async def _bad_request(self, err: h11.RemoteProtocolError) -> None:
+        if self.h11.our_state is h11.SEND_RESPONSE:
+            with contextlib.suppress(Exception):
+                resp = json_response({"message": f"bad request: {err}"}, status=err.error_status_hint)
+                await self._send_fixed("GET", resp)
+
+    def _headers(self, extra: dict[str, str], content_type: str | None) -> list[tuple[bytes, bytes]]:
+        out = [
+            (b"Api-Version", ADVERTISED_API_VERSION.encode()),
+            (b"Docker-Experimental", b"false"),
+            (b"Ostype", b"linux"),
+            (b"Server", self.server.server_header),
+            (b"Date", self.server.date.now()),
+        ]
+        if content_type:
+            out.append((b"Content-Type", content_type.encode()))
+        out += [(k.encode(), v.encode()) for k, v in extra.items()]
+        return out
+
+    def _parse(self, event: h11.Request, body: _RequestBody) -> Request:
+        target = bytes(event.target)
+        raw_path, _, raw_query = target.partition(b"?")
+        path = unquote(raw_path.decode("utf-8", "replace"))
+        version = ADVERTISED_API_VERSION
+        m = _VERSION_PREFIX.match(path)
+        if m:
+            version, path = m.group(1), m.group(2)
+        headers: dict[str, str] = {}
+        for name, value in event.headers:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        return Request(
+            method=event.method.decode("ascii", "replace").upper(),
+            path=path,
+            query=raw_query.decode("utf-8", "replace"),
+            headers=headers,
+            api_version=version,
+            source=body,
+            loop=asyncio.get_running_loop(),
+        )
+
+    async def _handle(self, event: h11.Request) -> bool:
+        """Serve one request; returns whether the connection may carry another."""
+        body = _RequestBody(self)
+        req = self._parse(event, body)
+        started = time.monotonic()
+        result: Response | StreamResponse | Hijack
+        found = self.server.router.match(req.method, req.path)
+        if found is None:
+            result = json_response({"message": "page not found"}, status=404)
+        else:
+            handler, params = found
+            try:
+                check_api_version(req.api_version)
+                result = await handler(req, self.server.engine, **params)
+            except (ClientGone, ConnectionError):
+                raise
+            except Exception as err:
+                result = error_response(err)
+        if isinstance(result, Hijack):
+            await body.drain()
+            await self._hijack(req, result)
+            return False
+        if isinstance(result, StreamResponse):
+            status = await self._send_stream(req, result, body)
+        else:
+            status = result.status
+            await self._send_fixed(req.method, result)
+        log.debug("%s %s -> %d (%.1f ms)", req.method, bytes(event.target).decode("latin-1"), status,
+                  (time.monotonic() - started) * 1000)
+        await body.drain()
+        return True
+
+    async def _send_fixed(self, method: str, resp: Response) -> None:
+        status = resp.status
+        headers = dict(resp.headers)
+        content_type = resp.content_type
+        payload = resp.body
+        if status in _NO_BODY_STATUSES:
+            payload, content_type = b"", None
+        else:
+            headers["Content-Length"] = str(len(payload))
+        out = self.h11.send(h11.Response(status_code=status, headers=self._headers(headers, content_type),
+                                         reason=_reason(status)))
+        self._write(out)
+        if payload and method != "HEAD":
+            self._write(self.h11.send(h11.Data(data=payload)))
+        self._write(self.h11.send(h11.EndOfMessage()))
+        await self.writer.drain()
+
+    async def _send_stream(self, req: Request, resp: StreamResponse, body: _RequestBody) -> int:
+        chunks = resp.chunks
+        first: bytes | None = None
+        ended = False
+        try:
+            if not resp.eager_headers:
+                try:
+                    first = await anext(chunks)
+                except StopAsyncIteration:
+                    ended = True
+                except (ClientGone, ConnectionError):
+                    raise
+                except Exception as err:
+                    err_resp = error_response(err)
+                    await self._send_fixed(req.method, err_resp)
+                    return err_resp.status
+            head = h11.Response(status_code=resp.status, headers=self._headers(resp.headers, resp.content_type),
+                                reason=_reason(resp.status))
+            self._write(self.h11.send(head))
+            no_body = req.method == "HEAD" or resp.status in _NO_BODY_STATUSES
+            if first and not no_body:
+                self._write(self.h11.send(h11.Data(data=first)))
+            await self.writer.drain()
+            if not ended:
+                await self._pump(chunks, resp, body, no_body)
+            self._write(self.h11.send(h11.EndOfMessage()))
+            await self.writer.drain()
+            return resp.status
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    async def _pump(self, chunks: AsyncIterator[bytes], resp: StreamResponse, body: _RequestBody,
+                    no_body: bool) -> None:
+        """Copy chunks to the client until the iterator ends, the client leaves, or the iterator fails."""
+        watcher: asyncio.Task[None] | None = None
+        try:
+            while True:
+                if watcher is None and body.done:
+                    watcher = asyncio.create_task(self._watch_disconnect())
+                step = asyncio.ensure_future(anext(chunks))
+                waiting: set[asyncio.Future[Any]] = {step}
+                if watcher is not None:
+                    waiting.add(watcher)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    step.cancel()
+                    with contextlib.suppress(BaseException):
+                        await step
+                    raise ClientGone("client closed the connection during a streamed response")
+                try:
+                    chunk = step.result()
+                except StopAsyncIteration:
+                    return
+                except (ClientGone, ConnectionError):
+                    raise
+                except Exception as err:
+                    message = message_for(err)
+                    log.info("%s %s: error in stream: %s", resp.status, type(err).__name__, message)
+                    if resp.json_errors and not no_body:
+                        line = json_line({"errorDetail": {"message": message}, "error": message})
+                        self._write(self.h11.send(h11.Data(data=line)))
+                    return
+                if chunk and not no_body:
+                    self._write(self.h11.send(h11.Data(data=chunk)))
+                    await self.writer.drain()
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+                with contextlib.suppress(BaseException):
+                    await watcher
+
+    async def _watch_disconnect(self) -> None:
+        """Returns when the client hangs up; keeps any pipelined bytes for h11."""
+        while not self.peer_closed:
+            try:
+                data = await self.reader.read(_READ_SIZE)
+            except ConnectionError:
+                data = b""
+            if not data:
+                self.peer_closed = True
+                return
+            self.h11.receive_data(data)
+
+    async def _hijack(self, req: Request, hijack: Hijack) -> None:
+        upgrade = "upgrade" in req.headers.get("connection", "").lower() and "upgrade" in req.headers
+        status = 101 if upgrade else 200
+        lines = [b"HTTP/1.1 %d %s" % (status, _reason(status))]
+        extra = dict(hijack.headers)
+        if upgrade:
+            extra.setdefault("Connection", "Upgrade")
+            extra.setdefault("Upgrade", "tcp")
+        lines += [k + b": " + v for k, v in self._headers(extra, hijack.content_type)]
+        # the header block goes out alone: docker-py drops stream bytes that share its read (engine-api §0.3)
+        self.writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        await self.writer.drain()
+        if hijack.settle_s > 0:
+            await asyncio.sleep(hijack.settle_s)
+        initial, _closed = self.h11.trailing_data
+        log.debug("%s %s -> %d hijacked", req.method, req.path, status)
+        try:
+            await hijack.run(_RawStream(self.reader, self.writer, initial))
+        except (ConnectionError, ClientGone) as err:
+            log.debug("hijacked stream ended: %s", err)
+        except Exception:
+            log.exception("hijacked stream %s %s failed", req.method, req.path)
+
+
+class ApiServer:
+    """Serves the router on one or more unix sockets until ``close``."""
+
+    def __init__(self, router: Router, engine: Engine) -> None:
+        self.router = router
+        self.engine = engine
+        self.server_header = f"berth/{berth.__version__} (linux)".encode()
+        self.date = _Date()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._paths: list[Path] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def listen(self, path: str | Path, mode: int = 0o660) -> None:
+        """Bind ``path`` (replacing a stale socket file) with ``mode`` set before anyone can connect."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, mode)
+            sock.listen(512)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        server = await asyncio.start_unix_server(self._accept, sock=sock, limit=_READ_SIZE)
+        self._servers.append(server)
+        self._paths.append(path)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await _Connection(self, reader, writer).serve()
+        finally:
+            self._tasks.discard(task)
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop accepting, end every open connection (streams included), remove the socket files."""
+        for server in self._servers:
+            server.close()
+        for path in self._paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        self._servers.clear()
+        self._paths.clear()
+
+    @property
+    def connections(self) -> int:
+        return len(self._tasks)
+

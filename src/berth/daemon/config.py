@@ -1,0 +1,88 @@
+"""berthd's command line, with dockerd's flag names where the two overlap, parsed into a frozen config."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from berth.errors import InvalidArgument
+
+DEFAULT_SOCKET = "/run/berth/berth.sock"
+DEFAULT_DATA_ROOT = "/var/lib/berth"
+DEFAULT_EXEC_ROOT = "/run/berth"
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+STORAGE_DRIVERS = ("auto", "overlayfs", "copy")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Where berthd listens and keeps its state."""
+
+    socket: Path
+    data_root: Path
+    exec_root: Path
+    pidfile: Path
+    log_level: str = "info"
+    storage_driver: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise InvalidArgument(f"invalid log level {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+        if self.storage_driver not in STORAGE_DRIVERS:
+            raise InvalidArgument(
+                f"invalid storage driver {self.storage_driver!r}: use one of {', '.join(STORAGE_DRIVERS)}"
+            )
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+
+def socket_path(host: str) -> Path:
+    """``unix:///run/x.sock`` (or a bare path) → the socket path; TCP is refused (no TLS here)."""
+    if host.startswith("unix://"):
+        path = host[len("unix://"):]
+    elif "://" in host:
+        raise InvalidArgument(f"berthd listens only on unix sockets, not {host!r}")
+    else:
+        path = host
+    if not path.startswith("/"):
+        raise InvalidArgument(f"socket path must be absolute: {host!r}")
+    if len(path.encode()) > 107:
+        raise InvalidArgument(f"socket path too long (max 107 bytes): {path}")
+    return Path(path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="berthd", description="berth: a Docker-compatible container engine")
+    p.add_argument("-H", "--host", default=f"unix://{DEFAULT_SOCKET}",
+                   help="daemon socket to listen on (unix:///path.sock)")
+    p.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="root of persistent state")
+    p.add_argument("--exec-root", default=DEFAULT_EXEC_ROOT, help="root of runtime state")
+    p.add_argument("-p", "--pidfile", default=None, help="pid file (default <exec-root>/berthd.pid)")
+    p.add_argument("-l", "--log-level", default="info", choices=LOG_LEVELS)
+    p.add_argument("-s", "--storage-driver", default="auto", choices=STORAGE_DRIVERS)
+    p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[DaemonConfig, bool]:
+    """The config, and whether only ``--version`` was asked for. Exits with usage on bad flags."""
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    try:
+        sock = socket_path(ns.host)
+    except InvalidArgument as err:
+        parser.error(str(err))
+    exec_root = Path(ns.exec_root).absolute()
+    config = DaemonConfig(
+        socket=sock,
+        data_root=Path(ns.data_root).absolute(),
+        exec_root=exec_root,
+        pidfile=Path(ns.pidfile).absolute() if ns.pidfile else exec_root / "berthd.pid",
+        log_level=ns.log_level,
+        storage_driver=ns.storage_driver,
+    )
+    return config, bool(ns.version)
