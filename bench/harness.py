@@ -210,6 +210,9 @@ class Harness:
         for d in reversed(self.daemons):
             d.stop()
         self.daemons.clear()
+        for pid in pids_naming(self.base):
+            # Shims and containers of a killed daemon: their command lines name this run's unique directory.
+            _terminate(pid, lambda pid=pid: not Path(f"/proc/{pid}").exists(), 5)
         unmount_below(self.base)
         if self.keep:
             print(f"kept {self.base}", file=sys.stderr)
@@ -217,6 +220,18 @@ class Harness:
             shutil.rmtree(self.base, ignore_errors=True)
         else:
             print(f"mounts remain under {self.base}; not deleting it", file=sys.stderr)
+
+
+def pids_naming(path: Path) -> list[int]:
+    """PIDs of live processes whose command line contains ``path`` (never this process)."""
+    needle = str(path).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
 
 
 def mounts_below(root: Path) -> list[str]:

@@ -253,7 +253,7 @@ def test_prune_and_system_df(berthd: Any, tmp_path: Path) -> None:
     berthd.docker("rmi", "busybox")
     berthd.docker("rmi", "spare:1")
     out = berthd.docker("image", "prune", "-a", "-f").stdout
-    assert "Deleted: " + MULTI_ID in out
+    assert "deleted: " + MULTI_ID in out and "untagged: berth-fixture/multilayer:1.0" in out
     assert berthd.docker("images", "-q").stdout.strip() == ""
     assert blobs(berthd.data_root) == set()
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -299,6 +300,23 @@ def test_reopen_keeps_everything(sn: LocalSnapshotter, mnt: Mounter) -> None:
             assert (root / "a").read_bytes() == b"A"
     finally:
         again.close()
+
+
+def test_concurrent_prepares(sn: Snapshotter, mnt: Mounter) -> None:
+    _base(sn, mnt)
+    keys = [f"k{i % 8}" for i in range(16)]  # every key is asked for twice
+
+    def attempt(key: str) -> str:
+        try:
+            sn.prepare(key, "base")
+        except Conflict:
+            return "conflict"
+        return "ok"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(attempt, keys))
+    assert results.count("ok") == 8 and results.count("conflict") == 8
+    assert {i.key for i in sn.walk()} == {"base", *keys}
 
 
 def _crash_in_child(sn: LocalSnapshotter, step: str, op: str, *args: str) -> None:

@@ -14,15 +14,15 @@ import concurrent.futures
 import io
 import json
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import parse_qs
 
-from berth.engine.system import API_VERSION as ADVERTISED_API_VERSION
-from berth.engine.system import MIN_API_VERSION
+from berth.engine.system import API_VERSION
 from berth.errors import InvalidArgument
 
+ADVERTISED_API_VERSION = API_VERSION
 JSON = "application/json"
 
 _FALSE_WORDS = frozenset({"", "0", "no", "false", "none"})
@@ -117,7 +117,7 @@ class Request:
             raise RuntimeError("no event loop to read the body from")
         if self._body is not None:
             return io.BytesIO(self._body)
-        return io.BufferedReader(_ThreadBodyReader(self._receive, self._loop), 1 << 16)  # type: ignore[return-value]
+        return io.BufferedReader(_ThreadBodyReader(self._receive, self._loop), 1 << 16)
 
     async def _receive(self) -> bytes:
         if self._source is None:
@@ -129,7 +129,7 @@ class Request:
 class _ThreadBodyReader(io.RawIOBase):
     """Raw reader that fetches each piece of the body by running the receive coroutine on the loop."""
 
-    def __init__(self, receive: Callable[[], Awaitable[bytes]], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, receive: Callable[[], Coroutine[Any, Any, bytes]], loop: asyncio.AbstractEventLoop) -> None:
         self._receive = receive
         self._loop = loop
         self._pending = b""
@@ -141,7 +141,7 @@ class _ThreadBodyReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         while not self._pending and not self._eof:
-            fut = asyncio.run_coroutine_threadsafe(self._receive(), self._loop)  # type: ignore[arg-type]
+            fut = asyncio.run_coroutine_threadsafe(self._receive(), self._loop)
             data = fut.result()
             if data:
                 self._pending = data
@@ -165,9 +165,7 @@ def parse_filters(text: str) -> dict[str, list[str]]:
         raise InvalidArgument(f"invalid filter: expected a JSON object, got {text!r}")
     out: dict[str, list[str]] = {}
     for key, values in raw.items():
-        if isinstance(values, dict):
-            out[str(key)] = [str(v) for v in values]
-        elif isinstance(values, list):
+        if isinstance(values, dict | list):
             out[str(key)] = [str(v) for v in values]
         else:
             raise InvalidArgument(f"invalid filter '{key}': values must be a list or an object")

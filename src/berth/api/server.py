@@ -28,7 +28,7 @@ import berth
 from berth.api.errors import error_response, message_for
 from berth.api.http import (
     ADVERTISED_API_VERSION,
-    MIN_API_VERSION,
+    JSON,
     Hijack,
     Request,
     Response,
@@ -38,12 +38,13 @@ from berth.api.http import (
 )
 from berth.api.router import Router
 from berth.engine.services import Engine
+from berth.engine.system import MIN_API_VERSION
 from berth.errors import InvalidArgument
 
 log = logging.getLogger("berth.api")
 
 _VERSION_PREFIX = re.compile(r"^/v([0-9.]+)(/.*)$")
-_READ_SIZE = 1 << 16
+_READ_SIZE = 1 << 18
 _MAX_HEADER_BYTES = 1 << 20
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -100,8 +101,11 @@ class _RequestBody:
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
         self.done = False
+        self._pending: list[bytes] = []
 
     async def receive(self) -> bytes:
+        if self._pending:
+            return self._pending.pop(0)
         if self.done:
             return b""
         try:
@@ -118,6 +122,19 @@ class _RequestBody:
     async def drain(self) -> None:
         while await self.receive():
             pass
+
+    def poll_done(self) -> bool:
+        """Whether the body is over, learning it without I/O when h11 already has the end (a GET)."""
+        if not self.done and not self._pending and self._conn.h11.their_state is h11.SEND_BODY:
+            try:
+                event = self._conn.h11.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if isinstance(event, h11.Data):
+                self._pending.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                self.done = True
+        return self.done
 
 
 class _RawStream:
@@ -199,10 +216,15 @@ class _Connection:
                 await self.writer.wait_closed()
 
     async def _bad_request(self, err: h11.RemoteProtocolError) -> None:
-        if self.h11.our_state is h11.SEND_RESPONSE:
-            with contextlib.suppress(Exception):
-                resp = json_response({"message": f"bad request: {err}"}, status=err.error_status_hint)
-                await self._send_fixed("GET", resp)
+        """Answer a request h11 could not parse, written by hand: h11 will not send after a peer error."""
+        body = json_line({"message": f"bad request: {err}"})
+        status = err.error_status_hint
+        lines = [b"HTTP/1.1 %d %s" % (status, _reason(status))]
+        extra = {"Content-Length": str(len(body)), "Connection": "close"}
+        lines += [k + b": " + v for k, v in self._headers(extra, JSON)]
+        with contextlib.suppress(ConnectionError):
+            self.writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+            await self.writer.drain()
 
     def _headers(self, extra: dict[str, str], content_type: str | None) -> list[tuple[bytes, bytes]]:
         out = [
@@ -281,12 +303,13 @@ class _Connection:
             payload, content_type = b"", None
         else:
             headers["Content-Length"] = str(len(payload))
-        out = self.h11.send(h11.Response(status_code=status, headers=self._headers(headers, content_type),
-                                         reason=_reason(status)))
-        self._write(out)
+        out = [self.h11.send(h11.Response(status_code=status, headers=self._headers(headers, content_type),
+                                          reason=_reason(status)))]
         if payload and method != "HEAD":
-            self._write(self.h11.send(h11.Data(data=payload)))
-        self._write(self.h11.send(h11.EndOfMessage()))
+            out.append(self.h11.send(h11.Data(data=payload)))
+        out.append(self.h11.send(h11.EndOfMessage()))
+        # one write, so a small response leaves in one segment
+        self.writer.write(b"".join(part for part in out if part))
         await self.writer.drain()
 
     async def _send_stream(self, req: Request, resp: StreamResponse, body: _RequestBody) -> int:
@@ -327,9 +350,10 @@ class _Connection:
                     no_body: bool) -> None:
         """Copy chunks to the client until the iterator ends, the client leaves, or the iterator fails."""
         watcher: asyncio.Task[None] | None = None
+        step: asyncio.Future[bytes] | None = None
         try:
             while True:
-                if watcher is None and body.done:
+                if watcher is None and body.poll_done():
                     watcher = asyncio.create_task(self._watch_disconnect())
                 step = asyncio.ensure_future(anext(chunks))
                 waiting: set[asyncio.Future[Any]] = {step}
@@ -337,9 +361,6 @@ class _Connection:
                     waiting.add(watcher)
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if not step.done():
-                    step.cancel()
-                    with contextlib.suppress(BaseException):
-                        await step
                     raise ClientGone("client closed the connection during a streamed response")
                 try:
                     chunk = step.result()
@@ -349,8 +370,11 @@ class _Connection:
                     raise
                 except Exception as err:
                     message = message_for(err)
-                    log.info("%s %s: error in stream: %s", resp.status, type(err).__name__, message)
-                    if resp.json_errors and not no_body:
+                    log.info("error in a streamed response: %s: %s", type(err).__name__, message)
+                    if not resp.json_errors:
+                        # no in-band error format (a tar): cut the connection so the client sees a truncated body
+                        raise ClientGone(f"stream aborted: {message}") from err
+                    if not no_body:
                         line = json_line({"errorDetail": {"message": message}, "error": message})
                         self._write(self.h11.send(h11.Data(data=line)))
                     return
@@ -358,10 +382,12 @@ class _Connection:
                     self._write(self.h11.send(h11.Data(data=chunk)))
                     await self.writer.drain()
         finally:
-            if watcher is not None and not watcher.done():
-                watcher.cancel()
-                with contextlib.suppress(BaseException):
-                    await watcher
+            # the producer must be stopped before the caller closes the iterator
+            for task in (step, watcher):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
 
     async def _watch_disconnect(self) -> None:
         """Returns when the client hangs up; keeps any pipelined bytes for h11."""
@@ -437,6 +463,10 @@ class ApiServer:
         self._tasks.add(task)
         try:
             await _Connection(self, reader, writer).serve()
+        except asyncio.CancelledError:
+            # shutdown cancels connections; the task is the top of its stack, and asyncio 3.11 logs a
+            # cancelled connection callback as an error
+            pass
         finally:
             self._tasks.discard(task)
 

@@ -1,1 +1,4 @@
-"""The berth command line, with Docker's grammar; talks to berthd only over HTTP. Imports: client, oci, errors."""
+"""The berth command line, with Docker's grammar; talks to berthd only over HTTP.
+
+Imports: client, oci, errors.
+"""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 _DECIMAL = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
@@ -65,7 +65,7 @@ def since(unix: float, now: float) -> str:
 
 
 def local_time(unix: float) -> datetime:
-    return datetime.fromtimestamp(unix, timezone.utc).astimezone()
+    return datetime.fromtimestamp(unix, UTC).astimezone()
 
 
 def go_time_string(unix: float) -> str:
@@ -81,6 +81,14 @@ def rfc3339(t: datetime) -> str:
         return t.strftime("%Y-%m-%dT%H:%M:%SZ")
     zone = t.strftime("%z")
     return t.strftime("%Y-%m-%dT%H:%M:%S") + zone[:3] + ":" + zone[3:]
+
+
+def rfc3339_nano(unix: float) -> str:
+    """jsonmessage's RFC3339NanoFixed in local time: ``2006-01-02T15:04:05.000000000Z07:00``."""
+    t = local_time(unix)
+    base = rfc3339(t)
+    nanos = f".{round((unix % 1) * 1e9) % 1_000_000_000:09d}"
+    return base[:19] + nanos + base[19:]
 
 
 def ansic(t: datetime) -> str:

@@ -1,1 +1,4 @@
-"""A small HTTP client for the Engine API over a unix socket, used by the CLI. Imports: stdlib, errors."""
+"""A small HTTP client for the Engine API over a unix socket, used by the CLI.
+
+Imports: stdlib, errors.
+"""

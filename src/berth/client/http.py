@@ -8,6 +8,7 @@ with the ``/v1.44`` prefix; a non-2xx/3xx answer becomes a ``berth.errors`` kind
 from __future__ import annotations
 
 import codecs
+import contextlib
 import http.client
 import json as _json
 import os
@@ -263,10 +264,9 @@ class Client:
         except OSError as exc:
             conn.close()
             raise DaemonUnreachable(f"error during connect: {self.host}: {exc.strerror or exc}") from None
-        try:
-            conn.request(method, url, body=body, headers=hdrs)  # type: ignore[arg-type]
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the daemon answered (an error) before taking the whole body: read that answer below
+        # the daemon may answer (an error) before taking the whole body: read that answer below
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.request(method, url, body=body, headers=hdrs)
         try:
             return conn.getresponse()
         except (http.client.HTTPException, OSError) as exc:

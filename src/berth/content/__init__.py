@@ -1,1 +1,4 @@
-"""Content-addressed blob store (blobs by digest, verified and renamed into place). Imports: oci, errors, stdlib."""
+"""Content-addressed blob store (blobs by digest, verified and renamed into place).
+
+Imports: oci, errors, stdlib.
+"""

@@ -1,14 +1,28 @@
-"""The composition root: the only place that builds concrete stores and services and wires them together."""
+"""The composition root: the only place that builds concrete stores and services and wires them together.
+
+It owns the top level of the data root (each store owns the layout below its own directory)::
+
+    <data-root>/
+      berthd.lock   berth.db   engine-id
+      content/      the content store (berth.content.store)
+      snapshots/    the snapshotter (berth.snapshots)
+      tmp/          scratch mount points for layer extraction (berth.images.store)
+      bootstrap/    cached Debian packages for base images (berth.images.bootstrap)
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
+from berth.content.store import ContentStore
 from berth.daemon.config import DaemonConfig
 from berth.engine.events import EventBus
+from berth.engine.images import ImageService
 from berth.engine.services import Engine
 from berth.engine.system import SystemService
+from berth.images.store import ImageStore
+from berth.metadata.images import ImageDB
+from berth.snapshots.base import open_snapshotter
 
 log = logging.getLogger("berth.daemon")
 
@@ -22,9 +36,12 @@ def resolve_storage_driver(config: DaemonConfig) -> str:
     return "overlayfs" if overlay_supported(config.data_root) else "copy"
 
 
-def build_images(config: DaemonConfig, events: EventBus, storage_driver: str) -> Any:
-    """The image service (content store, snapshotter, metadata DB, ImageService); ``None`` until wired."""
-    return None
+def build_images(config: DaemonConfig, events: EventBus, storage_driver: str) -> ImageService:
+    """The image service over a content store, a snapshotter and the metadata DB."""
+    root = config.data_root
+    store = ImageStore(ContentStore(root / "content"), open_snapshotter(root / "snapshots", storage_driver),
+                       ImageDB(root / "berth.db"), root / "tmp")
+    return ImageService(store, events, scratch=root / "tmp", bootstrap_cache=root / "bootstrap")
 
 
 def build_engine(config: DaemonConfig) -> Engine:
@@ -39,7 +56,9 @@ def build_engine(config: DaemonConfig) -> Engine:
 
 def start_engine(engine: Engine) -> None:
     """Crash recovery and other work done once before the socket accepts connections."""
+    engine.images.startup()
 
 
 def close_engine(engine: Engine) -> None:
     """Release what the services hold (databases, file handles) at shutdown."""
+    engine.images.store.db.close()

@@ -1,1 +1,4 @@
-"""Docker semantics behind the API: image service, system info, events. Imports: images and everything below."""
+"""Docker semantics behind the API: image service, system info, events.
+
+Imports: images and everything below.
+"""

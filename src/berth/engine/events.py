@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,7 +140,8 @@ class EventBus:
     def __init__(self, history: int = HISTORY, clock: Callable[[], int] = time.time_ns) -> None:
         self._lock = threading.Lock()
         self._history: collections.deque[Event] = collections.deque(maxlen=history)
-        self._subscribers: list[_Subscriber] = []
+        # weak: a subscription dropped without being iterated to the end must not stay registered
+        self._subscribers: weakref.WeakSet[_Subscriber] = weakref.WeakSet()
         self._clock = clock
 
     def publish(self, type: str, action: str, actor_id: str,
@@ -163,44 +165,68 @@ class EventBus:
         with self._lock:
             return len(self._subscribers)
 
-    async def subscribe(self, since: float | None = None, until: float | None = None,
-                        filters: Mapping[str, list[str]] | None = None) -> AsyncIterator[Event]:
-        """Replay buffered events (only when ``since`` or ``until`` is given, as dockerd does), then follow
-        live ones until ``until`` passes; with ``until`` in the past, replay and end."""
+    def subscribe(self, since: float | None = None, until: float | None = None,
+                  filters: Mapping[str, list[str]] | None = None) -> Subscription:
+        """Listen from now on (registered before this returns, so nothing published after the call is
+        missed); iterate the result on the calling event loop.
+
+        Buffered events are replayed first, only when ``since`` or ``until`` is given (as dockerd does);
+        live ones follow until ``until`` passes; with ``until`` in the past, replay and end."""
         filters = dict(filters or {})
         since_ns = int(since * 1e9) if since is not None else None
         until_ns = int(until * 1e9) if until is not None else None
-        loop = asyncio.get_running_loop()
-        sub = _Subscriber(loop, filters)
+        sub = _Subscriber(asyncio.get_running_loop(), filters)
         live = until_ns is None or until_ns > self._clock()
         with self._lock:
             buffered = list(self._history) if since_ns is not None or until_ns is not None else []
             if live:
-                self._subscribers.append(sub)
+                self._subscribers.add(sub)
+        replay = [e for e in buffered
+                  if (since_ns is None or e.time_nano >= since_ns)
+                  and (until_ns is None or e.time_nano <= until_ns)
+                  and matches(e, filters)]
+        return Subscription(self, sub if live else None, replay, until_ns)
+
+    def _unsubscribe(self, sub: _Subscriber) -> None:
+        with self._lock:
+            self._subscribers.discard(sub)
+
+
+class Subscription:
+    """An async iterator of events; it unsubscribes when iteration ends, on ``close``, or when dropped."""
+
+    def __init__(self, bus: EventBus, sub: _Subscriber | None, replay: list[Event], until_ns: int | None) -> None:
+        self._bus = bus
+        self._sub = sub
+        self._replay = replay
+        self._until_ns = until_ns
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    def close(self) -> None:
+        if self._sub is not None:
+            self._bus._unsubscribe(self._sub)
+            self._sub = None
+
+    async def _events(self) -> AsyncIterator[Event]:
         try:
-            for event in buffered:
-                if since_ns is not None and event.time_nano < since_ns:
-                    continue
-                if until_ns is not None and event.time_nano > until_ns:
-                    continue
-                if matches(event, filters):
-                    yield event
-            if not live:
-                return
-            while True:
+            for event in self._replay:
+                yield event
+            sub, until_ns, clock = self._sub, self._until_ns, self._bus._clock
+            while sub is not None:
                 if until_ns is None:
                     event = await sub.queue.get()
                 else:
-                    remaining = (until_ns - self._clock()) / 1e9
+                    remaining = (until_ns - clock()) / 1e9
                     if remaining <= 0:
                         return
                     try:
                         event = await asyncio.wait_for(sub.queue.get(), remaining)
                     except TimeoutError:
                         return
-                if until_ns is not None and event.time_nano > until_ns:
-                    return
+                    if event.time_nano > until_ns:
+                        return
                 yield event
         finally:
-            with self._lock, contextlib.suppress(ValueError):
-                self._subscribers.remove(sub)
+            self.close()

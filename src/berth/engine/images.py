@@ -244,16 +244,13 @@ class ImageService:
         if "label!" in filters:
             rows = [r for r in rows if not any(_label_match(r.labels, f) for f in filters["label!"])]
         deleted: list[dict[str, str]] = []
-        before = sum(size for _, size in self.store.content.walk())
         for r in rows:
             for t in r.rec.tags:
                 self._untag(r.rec, t, deleted)
             self.store.db.delete_image(r.rec.id)
             deleted.append({"Deleted": r.rec.id})
             self.events.publish("image", "delete", r.rec.id, {"name": r.rec.id})
-        self.store.collect_garbage()
-        after = sum(size for _, size in self.store.content.walk())
-        reclaimed = max(0, before - after) + sum(r.size for r in rows)
+        reclaimed = self.store.collect_garbage().bytes_reclaimed
         if deleted:
             self.events.publish("image", "prune", "", {"reclaimed": str(reclaimed)})
         return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from berth.engine.events import EventBus
+    from berth.engine.images import ImageService
     from berth.engine.system import SystemService
 
 
@@ -16,4 +17,4 @@ class Engine:
 
     events: EventBus
     system: SystemService
-    images: Any = None  # berth.engine.images.ImageService once wired
+    images: ImageService

@@ -24,7 +24,7 @@ from berth.content.store import ContentStore
 from berth.errors import Conflict, InvalidArgument, NoSuchImage, NotFound
 from berth.kernel.mount import mounted
 from berth.layers.apply import apply_layer
-from berth.layers.compression import detect, open_decompressed
+from berth.layers.compression import detect
 from berth.metadata.images import ImageDB, ImageRecord
 from berth.oci import media
 from berth.oci.descriptor import Descriptor
@@ -200,8 +200,8 @@ class ImageStore:
         target = self._scratch / uuid.uuid4().hex
         target.mkdir(parents=True)
         try:
-            with mounted(mounts, target), self.content.open(blob) as raw, open_decompressed(raw) as stream:
-                result = apply_layer(target, stream)
+            with mounted(mounts, target), self.content.open(blob) as raw:
+                result = apply_layer(target, raw)
         except BaseException:
             self._drop_snapshot(key)
             raise

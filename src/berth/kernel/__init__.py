@@ -1,1 +1,4 @@
-"""The only place that makes raw syscalls (ctypes/os): mounts, dirfd-relative file operations, xattrs. Imports: stdlib, berth.errors."""
+"""The only place that makes raw syscalls (ctypes/os): mounts, dirfd-relative file operations, xattrs.
+
+Imports: stdlib, berth.errors.
+"""

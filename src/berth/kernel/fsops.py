@@ -202,6 +202,11 @@ def open_dir(root_fd: int, parts: Sequence[str], *, create: bool = False, mode: 
     return walk_dir(root_fd, parts, create=create, mode=mode)
 
 
+def open_child_dir(dir_fd: int, name: str) -> int:
+    """An ``O_PATH`` fd for the directory ``name`` directly in ``dir_fd``; a symlink there is an error."""
+    return os.open(name, DIR_PATH_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+
+
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
     """``fstatat(AT_SYMLINK_NOFOLLOW)``; ``None`` when nothing is there."""
     try:

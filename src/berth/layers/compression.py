@@ -1,7 +1,9 @@
 """Layer blob compression: sniff gzip/zstd/plain by magic bytes and decompress as a bounded-memory stream.
 
 gzip is decoded with ``zlib`` directly (multi-member, CRC and length checked by zlib, output capped per
-call so a decompression bomb never sits in RAM); zstd with the ``zstandard`` package's stream reader.
+call so a decompression bomb never sits in RAM); zstd with the ``zstandard`` package's stream reader, whose
+silence about truncated input is made up for by walking the frame and block headers as the bytes pass.
+Corrupt or truncated input raises ``InvalidArgument`` ("unexpected EOF" for truncation).
 """
 
 from __future__ import annotations
@@ -71,7 +73,6 @@ class _GzipReader(io.RawIOBase):
         self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._pending = b""  # compressed input not yet given to zlib
         self._done = False
-        self._in_member = True
 
     def readable(self) -> bool:
         return True
@@ -109,6 +110,118 @@ class _GzipReader(io.RawIOBase):
         return 0
 
 
+_SKIPPABLE_MAGIC_HIGH = 0x184D2A5  # skippable frames: 0x184D2A50..0x184D2A5F, little-endian on the wire
+
+
+class _ZstdFrames:
+    """Follows zstd frame/block headers (RFC 8878) over the compressed bytes to tell complete from truncated."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._state = "magic"
+        self._need = 4
+        self._skip = 0
+        self._checksum = False
+
+    def feed(self, data: bytes | memoryview) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._skip:
+                k = min(self._skip, n - pos)
+                self._skip -= k
+                pos += k
+                continue
+            take = data[pos : pos + self._need - len(self._buf)]
+            self._buf += take
+            pos += len(take)
+            if len(self._buf) == self._need:
+                field = bytes(self._buf)
+                self._buf.clear()
+                self._step(field)
+
+    def _next(self, state: str, need: int) -> None:
+        self._state, self._need = state, need
+
+    def _step(self, field: bytes) -> None:
+        value = int.from_bytes(field, "little")
+        if self._state == "magic":
+            if field == ZSTD_MAGIC:
+                self._next("descriptor", 1)
+            elif value >> 4 == _SKIPPABLE_MAGIC_HIGH:
+                self._next("skippable", 4)
+            else:
+                raise InvalidArgument("zstd: invalid frame header")
+        elif self._state == "descriptor":
+            if value & 0x08:
+                raise InvalidArgument("zstd: invalid frame header")
+            single = bool(value & 0x20)
+            fcs = (0 if not single else 1, 2, 4, 8)[value >> 6]
+            rest = (0 if single else 1) + (0, 1, 2, 4)[value & 0x03] + fcs
+            self._checksum = bool(value & 0x04)
+            self._next("header", rest) if rest else self._next("block", 3)
+        elif self._state == "header":
+            self._next("block", 3)
+        elif self._state == "block":
+            kind, size = (value >> 1) & 0x03, value >> 3
+            if kind == 3:
+                raise InvalidArgument("zstd: invalid block type")
+            self._skip = 1 if kind == 1 else size
+            if not value & 0x01:
+                self._next("block", 3)
+            elif self._checksum:
+                self._next("checksum", 4)
+            else:
+                self._next("magic", 4)
+        elif self._state == "checksum":
+            self._next("magic", 4)
+        else:  # skippable frame size
+            self._skip = value
+            self._next("magic", 4)
+
+    def finish(self) -> None:
+        if self._state != "magic" or self._buf or self._skip:
+            raise InvalidArgument("unexpected EOF")
+
+
+class _Tap(io.RawIOBase):
+    """Passes reads through while showing every byte to a ``_ZstdFrames``."""
+
+    def __init__(self, stream: BinaryIO, frames: _ZstdFrames) -> None:
+        self._stream = stream
+        self.frames = frames
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        n = int(self._stream.readinto(b))  # type: ignore[attr-defined]
+        self.frames.feed(memoryview(b)[:n])
+        return n
+
+
+class _ZstdReader(io.RawIOBase):
+    """zstd stream reader with truncation detection and ``InvalidArgument`` for corrupt data."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._tap = _Tap(raw, _ZstdFrames())
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(BinaryIO, self._tap), read_size=READ_SIZE, read_across_frames=True)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        try:
+            n = self._reader.readinto(b)
+        except zstandard.ZstdError as e:
+            raise InvalidArgument(f"zstd: invalid data: {e}") from e
+        if n == 0:
+            while self._tap.readinto(memoryview(bytearray(READ_SIZE))):
+                pass  # anything zstd left unread must still parse as whole frames
+            self._tap.frames.finish()
+        return n
+
+
 def open_decompressed(stream: BinaryIO) -> BinaryIO:
     """A readable stream of the uncompressed bytes of ``stream`` (gzip, zstd or plain, sniffed)."""
     head = _read_full(stream, 4)
@@ -117,6 +230,5 @@ def open_decompressed(stream: BinaryIO) -> BinaryIO:
     if kind == "gzip":
         return cast(BinaryIO, io.BufferedReader(_GzipReader(cast(BinaryIO, raw)), READ_SIZE))
     if kind == "zstd":
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=READ_SIZE, read_across_frames=True)
-        return cast(BinaryIO, reader)
+        return cast(BinaryIO, io.BufferedReader(_ZstdReader(cast(BinaryIO, raw)), READ_SIZE))
     return cast(BinaryIO, io.BufferedReader(raw, READ_SIZE))

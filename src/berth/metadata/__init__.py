@@ -1,1 +1,4 @@
-"""SQLite (WAL) metadata: images and tags. Imports: oci, errors, stdlib."""
+"""SQLite (WAL) metadata: images and tags.
+
+Imports: oci, errors, stdlib.
+"""

@@ -1,1 +1,4 @@
-"""Snapshotters (overlayfs and a copy fallback) that return mounts for layered filesystems. Imports: kernel, oci, errors."""
+"""Snapshotters (overlayfs and a copy fallback) that return mounts for layered filesystems.
+
+Imports: kernel, oci, errors.
+"""

@@ -165,6 +165,7 @@ class LocalSnapshotter:
             d.mkdir(mode=_ROOT_MODE, parents=True, exist_ok=True)
             os.chmod(d, _ROOT_MODE)
         self._lock = threading.RLock()
+        self._inflight: set[str] = set()
         self._db = sqlite3.connect(
             self.root / "metadata.db", isolation_level=None, check_same_thread=False, timeout=30
         )
@@ -233,6 +234,8 @@ class LocalSnapshotter:
         with self._lock:
             parent_id, chain = self._check_create(key, parent)
         tmp = self._snaps / f"new-{secrets.token_hex(8)}"
+        with self._lock:
+            self._inflight.add(tmp.name)
         tmp.mkdir(mode=0o700)
         try:
             (tmp / "fs").mkdir(mode=_FS_MODE)
@@ -263,6 +266,8 @@ class LocalSnapshotter:
                 return self._mounts(self._row(key), chain)
         finally:
             remove_tree(tmp)
+            with self._lock:
+                self._inflight.discard(tmp.name)
 
     def _check_create(self, key: str, parent: str | None) -> tuple[int | None, list[int]]:
         if self._db.execute("SELECT 1 FROM snapshots WHERE key = ?", (key,)).fetchone():
@@ -319,7 +324,12 @@ class LocalSnapshotter:
                 if doomed.exists() and not self._dir(row.id).exists():
                     os.rename(doomed, self._dir(row.id))
                 raise
-        remove_tree(doomed)
+            self._inflight.add(doomed.name)
+        try:
+            remove_tree(doomed)
+        finally:
+            with self._lock:
+                self._inflight.discard(doomed.name)
 
     def stat(self, key: str) -> Info:
         with self._lock:
@@ -347,7 +357,8 @@ class LocalSnapshotter:
         """Remove directories no row refers to: crashed prepares (new-*), removes (rm-*), orphans."""
         with self._lock:
             ids = {str(r[0]) for r in self._db.execute("SELECT id FROM snapshots")}
-            leftovers = [e.name for e in os.scandir(self._snaps) if e.name not in ids]
+            keep = ids | self._inflight
+            leftovers = [e.name for e in os.scandir(self._snaps) if e.name not in keep]
         for name in leftovers:
             remove_tree(self._snaps / name)
 

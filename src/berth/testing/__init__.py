@@ -1,1 +1,4 @@
-"""Test support: start a real berthd on a temporary root, run the docker CLI and docker-py against it. Imports: anything."""
+"""Test support: start a real berthd on a temporary root, run the docker CLI and docker-py against it.
+
+Imports: anything.
+"""

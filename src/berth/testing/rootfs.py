@@ -11,7 +11,7 @@ from typing import Any
 FIXTURES = Path(os.environ.get("BERTH_FIXTURES", Path(__file__).resolve().parents[4] / "shared" / "fixtures"))
 
 # Created by an engine when it makes a container, not by the image (see shared/fixtures/README.md).
-ENGINE_PATHS = ("/.dockerenv", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
+ENGINE_PATHS = ("/.dockerenv", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/etc/mtab")
 ENGINE_TREES = ("/dev/", "/proc/", "/sys/")
 
 Entry = tuple[str, str, int, int, int, str | None]

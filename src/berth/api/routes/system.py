@@ -55,10 +55,11 @@ def register(router: Router) -> None:
             raise InvalidArgument(
                 f"`since` time ({req.q('since')}) cannot be after `until` time ({req.q('until')})"
             )
-        filters = req.qfilters()
+        # subscribe before the headers go out: a client that acts once it has them misses nothing
+        subscription = engine.events.subscribe(since, until, req.qfilters())
 
         async def lines() -> AsyncIterator[bytes]:
-            async for event in engine.events.subscribe(since, until, filters):
+            async for event in subscription:
                 yield json_line(event.to_json())
 
         return StreamResponse(lines(), eager_headers=True)

@@ -1,0 +1,105 @@
+"""Benchmark: ``docker load -i`` of a ~250 MB image archive, berthd against a real dockerd on the same machine.
+
+The same docker CLI drives both daemons (DOCKER_HOST per daemon). Runs alternate between the daemons so drift
+(page cache, CPU frequency) hits both alike; the image is removed with ``docker rmi`` before every run.
+Prints the median seconds for each daemon and the ratio. See bench/README.md.
+
+    .venv/bin/python bench/bench_load.py --with-docker --reps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from harness import CACHE, Daemon, Harness, HarnessError
+from make_image import TAG, make
+
+
+def time_load(daemon: Daemon, archive: Path) -> float:
+    """Seconds for one ``docker load -i`` into ``daemon``, after removing the image so it is a real load."""
+    daemon.docker("rmi", "-f", TAG, check=False)
+    if daemon.docker("image", "inspect", TAG, check=False).returncode == 0:
+        raise HarnessError(f"{daemon.name}: {TAG} is still present after rmi -f")
+    start = time.perf_counter()
+    done = daemon.docker("load", "-i", str(archive), check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise HarnessError(f"{daemon.name}: docker load failed: {done.stderr.strip() or done.stdout.strip()}")
+    if daemon.docker("image", "inspect", TAG, check=False).returncode != 0:
+        raise HarnessError(f"{daemon.name}: docker load succeeded but {TAG} is not there: {done.stdout.strip()}")
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--with-docker", action="store_true", help="also measure a real dockerd")
+    ap.add_argument("--no-berth", action="store_true", help="measure only dockerd (harness check)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--source", choices=("auto", "bootstrap", "synthetic"), default="auto",
+                    help="image content: a bootstrapped python:3.11 rootfs, or a synthetic tree (default: auto)")
+    ap.add_argument("--size-mb", type=int, default=250, help="synthetic image size")
+    ap.add_argument("--layers", type=int, default=3, help="synthetic layer count")
+    ap.add_argument("--archive", type=Path, help="use this docker-save archive (its tag must be " + TAG + ")")
+    ap.add_argument("--rebuild", action="store_true", help="rebuild the cached archive")
+    ap.add_argument("--keep", action="store_true", help="keep the daemons' /tmp/bench-XXXX directory")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    if args.no_berth and not args.with_docker:
+        ap.error("nothing to measure: --no-berth without --with-docker")
+
+    archive = args.archive
+    if archive is None:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        archive = CACHE / f"load-{args.source}-{args.size_mb}mb-{args.layers}l.tar"
+        if args.rebuild or not archive.exists():
+            print(f"making {archive} ...", file=sys.stderr)
+            used = make(archive, args.source, args.size_mb, args.layers, CACHE)
+            print(f"made a {used} image", file=sys.stderr)
+    size_mb = archive.stat().st_size / 1e6
+
+    results: dict[str, list[float]] = {}
+    versions: dict[str, str] = {}
+    with Harness(keep=args.keep) as h:
+        daemons = []
+        if not args.no_berth:
+            daemons.append(h.berthd())
+        if args.with_docker:
+            daemons.append(h.dockerd())
+        for d in daemons:
+            versions[d.name] = str(d.version().get("Version", "?"))
+            results[d.name] = []
+        for rep in range(args.reps):
+            for d in daemons:
+                t = time_load(d, archive)
+                results[d.name].append(t)
+                print(f"  run {rep + 1}/{args.reps} {d.name:8s} {t:7.3f}s", file=sys.stderr)
+        for d in daemons:
+            d.docker("rmi", "-f", TAG, check=False)
+
+    print(f"\ndocker load -i {archive} ({size_mb:.0f} MB), {args.reps} runs each")
+    print(f"{'daemon':10s} {'version':24s} {'median':>8s} {'min':>8s} {'max':>8s}")
+    medians = {}
+    for name, times in results.items():
+        medians[name] = statistics.median(times)
+        print(f"{name:10s} {versions[name]:24s} {medians[name]:7.3f}s {min(times):7.3f}s {max(times):7.3f}s")
+    if "berthd" in medians and "dockerd" in medians:
+        ratio = medians["dockerd"] / medians["berthd"]
+        verdict = "berth faster" if ratio > 1 else "docker faster"
+        print(f"ratio docker/berth = {ratio:.2f}  ({verdict})")
+    if args.json:
+        args.json.write_text(json.dumps({"archive": str(archive), "size_mb": size_mb, "runs": results,
+                                         "versions": versions, "median_s": medians}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except HarnessError as e:
+        print(f"bench_load: {e}", file=sys.stderr)
+        sys.exit(1)
