@@ -347,17 +347,20 @@ def test_progress_rendering_without_and_with_a_terminal() -> None:
 
 # ---- CLI: images --------------------------------------------------------------------------------------
 
-IMAGES = [
+def images_now() -> list[dict[str, object]]:
+    """Image summaries with Created relative to the moment the test runs (ages are rendered from now)."""
+    now = time.time()
+    return [
     {"Id": ID1, "ParentId": "", "RepoTags": ["busybox:latest", "localhost:5000/bb:v1"],
-     "RepoDigests": ["busybox@sha256:" + "11" * 32], "Created": int(NOW - 2 * 86400 - 10), "Size": 4_260_000,
+     "RepoDigests": ["busybox@sha256:" + "11" * 32], "Created": int(now - 2 * 86400 - 10), "Size": 4_260_000,
      "SharedSize": -1, "Labels": None, "Containers": -1},
-    {"Id": ID2, "ParentId": "", "RepoTags": [], "RepoDigests": [], "Created": int(NOW - 70),
+    {"Id": ID2, "ParentId": "", "RepoTags": [], "RepoDigests": [], "Created": int(now - 70),
      "Size": 1234, "SharedSize": -1, "Labels": None, "Containers": -1},
-]
+    ]
 
 
 def test_images_table(fake: Fake) -> None:
-    fake.on("GET", "/images/json", Reply(body=IMAGES))
+    fake.on("GET", "/images/json", Reply(body=images_now()))
     res = berth(fake, "images")
     assert res.rc == 0, res.err
     assert res.out == (
@@ -370,7 +373,7 @@ def test_images_table(fake: Fake) -> None:
 
 
 def test_images_flags_and_formats(fake: Fake) -> None:
-    fake.on("GET", "/images/json", Reply(body=IMAGES))
+    fake.on("GET", "/images/json", Reply(body=images_now()))
     res = berth(fake, "image", "ls", "-a", "--filter", "dangling=true", "-q")
     assert res.out == "abababababab\nabababababab\ncdcdcdcdcdcd\n"
     assert fake.last().query == {"all": ["1"], "filters": ['{"dangling":{"true":true}}']}
