@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from berth.kernel.mount import unmount_under
 from berth.testing.daemon import BerthDaemon
 
 
@@ -44,3 +46,10 @@ def shared_berthd() -> Iterator[BerthDaemon]:
         yield daemon.start()
     finally:
         daemon.stop()
+
+
+@pytest.fixture
+def area(tmp_path: Path) -> Iterator[Path]:
+    """tmp_path, with any mount a failed test left under it detached on teardown."""
+    yield tmp_path
+    unmount_under(tmp_path)

@@ -31,7 +31,7 @@ from berth.engine.events import EventBus
 from berth.engine.services import Engine
 from berth.engine.system import SystemService
 from berth.errors import InvalidArgument, NotFound, NotModified
-from berth.testing.daemon import ServerThread
+from berth.testing.daemon import ServerThread, request
 
 
 class Probe:
@@ -193,13 +193,7 @@ def api(probe: Probe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
 
 def _request(api: ServerThread, method: str, path: str, body: Any = None,
              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = api.http(timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
+    return request(api.http(timeout=10), method, path, body, headers)
 
 
 def _raw(api: ServerThread, data: bytes, timeout: float = 5) -> bytes:

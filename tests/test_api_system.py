@@ -18,18 +18,12 @@ from berth.api.router import build_router
 from berth.engine.events import EventBus
 from berth.engine.services import Engine
 from berth.engine.system import SystemService
-from berth.testing.daemon import BerthDaemon, ServerThread
+from berth.testing.daemon import BerthDaemon, ServerThread, request
 
 
 def _get(daemon: BerthDaemon, path: str, method: str = "GET", body: bytes | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = daemon.http(timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
+    return request(daemon.http(timeout=10), method, path, body, headers)
 
 
 @pytest.mark.docker_cli

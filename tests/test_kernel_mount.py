@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,24 +15,8 @@ from berth.kernel.mount import Mount, MountError
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mount(2) needs root")
 
 
-def _mounts_under(base: Path) -> list[str]:
-    prefix = str(base)
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            point = km._unescape(line.split(" ")[4])
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(point)
-    return found
 
 
-@pytest.fixture
-def area(tmp_path: Path) -> Iterator[Path]:
-    """A tmp dir whose leftover mounts are detached on teardown, even when a test fails."""
-    yield tmp_path
-    for point in sorted(_mounts_under(tmp_path), key=len, reverse=True):
-        with contextlib.suppress(MountError):
-            km.unmount(point, detach=True)
 
 
 def test_parse_options_splits_flags_propagation_and_data() -> None:
@@ -71,7 +53,7 @@ def test_bind_rw_and_ro(area: Path) -> None:
         with pytest.raises(OSError) as err:
             (t / "h").write_text("x")
         assert err.value.errno == errno.EROFS
-    assert _mounts_under(area) == []
+    assert km.mounts_under(area) == []
 
 
 @pytest.mark.root

@@ -14,7 +14,7 @@ import pytest
 
 from berth.errors import Conflict, InvalidArgument, NotFound
 from berth.kernel import mount as km
-from berth.kernel.mount import Mount, MountError
+from berth.kernel.mount import Mount
 from berth.snapshots.base import Kind, LocalSnapshotter, Snapshotter, open_snapshotter
 from berth.snapshots.copy import CopySnapshotter
 from berth.snapshots.overlay import MAX_DEPTH, OverlaySnapshotter
@@ -27,20 +27,8 @@ pytestmark = [
 KINDS = ["overlayfs", "copy"]
 
 
-def _mounts_under(base: Path) -> list[str]:
-    prefix = str(base)
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        points = [km._unescape(line.split(" ")[4]) for line in f]
-    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
 
 
-@pytest.fixture
-def area(tmp_path: Path) -> Iterator[Path]:
-    """tmp_path, with any mount a failed test left under it detached on teardown."""
-    yield tmp_path
-    for point in sorted(_mounts_under(tmp_path), key=len, reverse=True):
-        with contextlib.suppress(MountError):
-            km.unmount(point, detach=True)
 
 
 @pytest.fixture(params=KINDS)

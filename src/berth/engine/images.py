@@ -10,7 +10,7 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +37,8 @@ _CONFIG_DEFAULTS: dict[str, Any] = {
 
 
 class EventSink(Protocol):
-    def publish(self, type: str, action: str, actor_id: str, attributes: dict[str, str] | None = None) -> None: ...
+    def publish(self, type: str, action: str, actor_id: str,
+                attributes: Mapping[str, str] | None = None) -> object: ...
 
 
 Emit = Callable[[dict[str, Any]], None]
@@ -86,7 +87,7 @@ class ImageService:
                              self.store.image_size(rec.id)))
         return rows
 
-    def list(self, filters: dict[str, list[str]] | None = None, all: bool = False,
+    def list_images(self, filters: dict[str, list[str]] | None = None, all: bool = False,
              digests: bool = False) -> list[dict[str, Any]]:
         rows = self._filter(self._rows(), filters or {})
         rows.sort(key=lambda r: r.created, reverse=True)
@@ -118,8 +119,8 @@ class ImageService:
             limit = max(self._created_of(v) for v in filters["since"])
             rows = [r for r in rows if r.created > limit]
         if "until" in filters:
-            limit = min(_parse_until(v) for v in filters["until"])
-            rows = [r for r in rows if r.created < limit]
+            until = min(_parse_until(v) for v in filters["until"])
+            rows = [r for r in rows if r.created < until]
         if "reference" in filters:
             rows = [r for r in rows if any(_ref_match(r.rec.tags, p) for p in filters["reference"])]
         return rows

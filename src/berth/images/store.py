@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from berth.content.store import ContentStore
 from berth.errors import Conflict, InvalidArgument, NoSuchImage, NotFound
@@ -134,7 +134,7 @@ class ImageStore:
             with self._lock:
                 self._leases.remove(lease)
 
-    def put_blob(self, lease: Lease, stream: BinaryIO, expected: Digest | None = None,
+    def put_blob(self, lease: Lease, stream: IO[bytes], expected: Digest | None = None,
                  expected_size: int | None = None) -> tuple[Digest, int]:
         """Copy a stream into the content store under ``lease``; returns its digest and size."""
         size = 0

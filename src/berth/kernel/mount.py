@@ -361,6 +361,32 @@ def is_mountpoint(path: str | os.PathLike[str]) -> bool:
     return False
 
 
+def mounts_under(root: str | os.PathLike[str]) -> list[Path]:
+    """Mount points at or below ``root``, deepest first."""
+    base = os.path.realpath(root)
+    found: list[Path] = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                point = _unescape(line.split(" ")[4])
+                if point == base or point.startswith(base + "/"):
+                    found.append(Path(point))
+    except OSError:
+        return []
+    return sorted(found, key=lambda p: (len(p.parts), str(p)), reverse=True)
+
+
+def unmount_under(root: str | os.PathLike[str]) -> None:
+    """Lazily detach everything mounted at or under ``root`` (mounts can be stacked: repeat until none is left)."""
+    for _ in range(64):
+        points = mounts_under(root)
+        if not points:
+            return
+        for point in points:
+            with contextlib.suppress(MountError):
+                unmount(point, detach=True)
+
+
 def _unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as octal ``\\ooo``."""
     if "\\" not in field:

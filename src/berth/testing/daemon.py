@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from berth.kernel.mount import unmount
+from berth.kernel.mount import unmount_under
 
 if TYPE_CHECKING:
     from berth.api.router import Router
@@ -53,43 +53,15 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as ``\\ooo``."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mounts_under(root: Path) -> list[Path]:
-    """Mount points at or below ``root``, deepest first."""
-    base = os.path.realpath(root)
-    found: list[Path] = []
+def request(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: status, lower-cased headers, body; the connection is closed after."""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                point = _unescape(line.split(" ")[4])
-                if point == base or point.startswith(base + "/"):
-                    found.append(Path(point))
-    except OSError:
-        return []
-    return sorted(found, key=lambda p: (len(p.parts), str(p)), reverse=True)
-
-
-def unmount_under(root: Path) -> None:
-    """Lazily detach everything mounted under ``root`` (a mount can be stacked: repeat until none is left)."""
-    for _ in range(64):
-        points = mounts_under(root)
-        if not points:
-            return
-        for point in points:
-            with contextlib.suppress(Exception):
-                unmount(point, detach=True)
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
 
 
 def run_docker(env: dict[str, str], args: Sequence[str], input: bytes | str | None = None, check: bool = True,

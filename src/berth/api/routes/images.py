@@ -42,7 +42,7 @@ class _EmitWriter(io.RawIOBase):
 def register(router: Router) -> None:
     @router.route("GET", "/images/json")
     async def list_images(req: Request, engine: Engine) -> Response:
-        result = await asyncio.to_thread(engine.images.list, req.qfilters(), req.qbool("all"),
+        result = await asyncio.to_thread(engine.images.list_images, req.qfilters(), req.qbool("all"),
                                          req.qbool("digests"))
         return json_response(result)
 
