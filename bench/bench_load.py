@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import CACHE, Daemon, Harness, HarnessError
+from harness import CACHE, TMP, Daemon, Harness, HarnessError
 from make_image import TAG, make
 
 
@@ -46,7 +46,9 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=3, help="synthetic layer count")
     ap.add_argument("--archive", type=Path, help="use this docker-save archive (its tag must be " + TAG + ")")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached archive")
-    ap.add_argument("--keep", action="store_true", help="keep the daemons' /tmp/bench-XXXX directory")
+    ap.add_argument("--keep", action="store_true", help="keep the daemons' bench-XXXX directory")
+    ap.add_argument("--tmp", type=Path, default=TMP,
+                    help="where the daemons' bench-XXXX directory goes (default $BERTH_BENCH_TMP or /tmp)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     if args.no_berth and not args.with_docker:
@@ -64,7 +66,7 @@ def main() -> int:
 
     results: dict[str, list[float]] = {}
     versions: dict[str, str] = {}
-    with Harness(keep=args.keep) as h:
+    with Harness(keep=args.keep, tmp=args.tmp) as h:
         daemons = []
         if not args.no_berth:
             daemons.append(h.berthd())

@@ -1,12 +1,14 @@
 """Benchmark harness: throwaway daemons (berthd, and a real dockerd on request), each on its own socket and root.
 
-Everything a run creates lives under one ``/tmp/bench-XXXX`` directory, and is removed on exit: daemons are
-stopped by the PIDs this harness started, leftover mounts under the directory are detached, then it is
-deleted. dockerd runs with ``--bridge=none --iptables=false --ip6tables=false`` so it touches no host network
-configuration. When the host has no dockerd, Debian's docker.io, containerd, runc and tini packages are
-fetched with ``apt-get download`` and unpacked into a cache (``$BERTH_BENCH_CACHE``, default
-``/var/tmp/berth-bench-cache``) instead of being installed: installing docker.io would start the host's
-docker service, which creates docker0 and iptables rules.
+Everything a run creates lives under one ``bench-XXXX`` directory (in ``$BERTH_BENCH_TMP``, default ``/tmp``),
+and is removed on exit: daemons are stopped by the PIDs this harness started, then whatever is left of the sessions
+they were started in (dockerd's containerd) and any daemonized helper re-parented to this process (it makes itself
+a child subreaper, so shims cannot escape to init); no process is ever chosen by its command line. Leftover mounts
+under the directory are detached, then it is deleted. dockerd runs with ``--bridge=none --iptables=false
+--ip6tables=false`` so it touches no host network configuration. When the host has no dockerd, Debian's docker.io,
+containerd, runc and tini packages are fetched with ``apt-get download`` and unpacked into a cache
+(``$BERTH_BENCH_CACHE``, default ``/var/tmp/berth-bench-cache``) instead of being installed: installing docker.io
+would start the host's docker service, which creates docker0 and iptables rules.
 
 Run it by hand to get daemons to poke at::
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import http.client
 import json
 import os
@@ -35,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("BERTH_BENCH_CACHE", "/var/tmp/berth-bench-cache"))
 DOCKER_PACKAGES = ("docker.io", "containerd", "runc", "tini")
 DOCKER_CLI = os.environ.get("BERTH_BENCH_DOCKER_CLI", "/usr/local/bin/docker")
+TMP = Path(os.environ.get("BERTH_BENCH_TMP", "/tmp"))
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 class HarnessError(RuntimeError):
@@ -74,8 +79,12 @@ class Daemon:
     sock: Path
     proc: subprocess.Popen[bytes]
     log: Path
-    # Extra PID files of helpers the daemon starts (dockerd's managed containerd), checked at stop.
-    helper_pidfiles: list[Path] = field(default_factory=list)
+    # The daemon was started in a session of its own, so its session ID is its PID; helpers it starts
+    # without a new session of their own (dockerd's managed containerd) stay in it.
+    session: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.session = self.proc.pid
 
     @property
     def docker_host(self) -> str:
@@ -110,14 +119,81 @@ class Daemon:
             return ""
 
     def stop(self) -> None:
-        """Stop the daemon (SIGTERM, then SIGKILL after 30 s), then any helper it left behind."""
+        """Stop the daemon by PID (SIGTERM, then SIGKILL after 30 s), then the helpers it had started."""
+        # Taken first: once the daemon is gone its children re-parent and only their start times still tell.
+        helpers = _descendants(self.proc.pid, _processes())
         _terminate(self.proc.pid, lambda: self.proc.poll() is not None, 30)
-        for pidfile in self.helper_pidfiles:
-            with contextlib.suppress(OSError, ValueError):
-                pid = int(pidfile.read_text().strip())
-                # Only a process whose command line names this run's directory is ours (no PID reuse victims).
-                if str(self.base) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                    _terminate(pid, lambda pid=pid: not Path(f"/proc/{pid}").exists(), 15)
+        # A session ID is never reused while any member is alive, so it still names only the daemon's helpers.
+        helpers += [p for p in _processes() if p.session == self.session and p not in helpers]
+        for proc in helpers:
+            proc.stop(15)
+
+
+@dataclass(frozen=True)
+class _Proc:
+    """A process seen in /proc: enough to stop it by PID without hitting a later process that reused the PID."""
+
+    pid: int
+    ppid: int
+    session: int
+    start: int  # clock ticks after boot; a reused PID gets a new start time
+
+    def alive(self) -> bool:
+        now = _stat(self.pid)
+        if now is None or now.start != self.start:
+            return False
+        if now.ppid == os.getpid():
+            # our child (or an orphan re-parented to us): reap it, or it stays a zombie
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+                    return False
+        return _stat(self.pid) == now
+
+    def stop(self, grace: float) -> None:
+        if self.alive():
+            _terminate(self.pid, lambda: not self.alive(), grace)
+
+
+def _stat(pid: int) -> _Proc | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # fields after the parenthesised command name (which may hold spaces or parentheses itself)
+    rest = text[text.rindex(")") + 2 :].split()
+    if rest[0] == "Z":
+        return None  # a zombie has no resources left to free; its parent reaps it
+    return _Proc(pid, int(rest[1]), int(rest[3]), int(rest[19]))
+
+
+def _descendants(pid: int, procs: list[_Proc]) -> list[_Proc]:
+    """Children, grandchildren, ... of ``pid`` among ``procs`` (by parent PID), parents before children."""
+    out: list[_Proc] = []
+    parents = {pid}
+    while True:
+        more = [p for p in procs if p.ppid in parents and p not in out]
+        if not more:
+            return out
+        out += more
+        parents = {p.pid for p in more}
+
+
+def _processes() -> list[_Proc]:
+    """Every live process, from /proc (PID, parent, session, start time only; never command lines)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            proc = _stat(int(entry.name))
+            if proc is not None:
+                found.append(proc)
+    return found
+
+
+def _become_subreaper() -> None:
+    """Orphans below this process re-parent to it instead of init, so it can find and stop them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        print(f"bench: PR_SET_CHILD_SUBREAPER failed: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
 
 
 def _terminate(pid: int, gone: Any, grace: float) -> None:
@@ -138,10 +214,11 @@ def _terminate(pid: int, gone: Any, grace: float) -> None:
 
 
 class Harness:
-    """Owns one ``/tmp/bench-XXXX`` directory and the daemons started in it; use as a context manager."""
+    """Owns one ``bench-XXXX`` directory and the daemons started in it; use as a context manager."""
 
-    def __init__(self, keep: bool = False) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
+    def __init__(self, keep: bool = False, tmp: Path = TMP) -> None:
+        _become_subreaper()
+        self.base = Path(tempfile.mkdtemp(prefix="bench-", dir=tmp))
         self.keep = keep
         self.daemons: list[Daemon] = []
 
@@ -160,7 +237,7 @@ class Harness:
         root.mkdir()
         sock = root / "berth.sock"
         cmd = [str(exe), "--data-root", str(root / "data"), "-H", f"unix://{sock}", "--exec-root", str(root / "exec")]
-        return self._start("berthd", root, sock, cmd, {}, timeout, [])
+        return self._start("berthd", root, sock, cmd, {}, timeout)
 
     def dockerd(self, timeout: float = 60) -> Daemon:
         """Start a real dockerd (host's or Debian's unpacked) that creates no bridge and no iptables rules."""
@@ -185,16 +262,15 @@ class Harness:
             "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
         ]
         env = {"PATH": os.pathsep.join([*map(str, bindirs), os.environ.get("PATH", "/usr/bin:/bin")])}
-        pidfiles = [exec_root / "containerd" / "containerd.pid"]
-        return self._start("dockerd", root, sock, cmd, env, timeout, pidfiles)
+        return self._start("dockerd", root, sock, cmd, env, timeout)
 
-    def _start(self, name: str, root: Path, sock: Path, cmd: list[str], env: dict[str, str], timeout: float,
-               pidfiles: list[Path]) -> Daemon:
+    def _start(self, name: str, root: Path, sock: Path, cmd: list[str], env: dict[str, str],
+               timeout: float) -> Daemon:
         log = root / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env={**os.environ, **env}, start_new_session=True)
-        daemon = Daemon(name, self.base, sock, proc, log, pidfiles)
+        daemon = Daemon(name, self.base, sock, proc, log)
         self.daemons.append(daemon)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -210,9 +286,12 @@ class Harness:
         for d in reversed(self.daemons):
             d.stop()
         self.daemons.clear()
-        for pid in pids_naming(self.base):
-            # Shims and containers of a killed daemon: their command lines name this run's unique directory.
-            _terminate(pid, lambda pid=pid: not Path(f"/proc/{pid}").exists(), 5)
+        for _ in range(5):  # stopping an orphan can orphan its own children (a shim's container)
+            left = orphans()
+            if not left:
+                break
+            for proc in left:
+                proc.stop(5)
         unmount_below(self.base)
         if self.keep:
             print(f"kept {self.base}", file=sys.stderr)
@@ -222,16 +301,15 @@ class Harness:
             print(f"mounts remain under {self.base}; not deleting it", file=sys.stderr)
 
 
-def pids_naming(path: Path) -> list[int]:
-    """PIDs of live processes whose command line contains ``path`` (never this process)."""
-    needle = str(path).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if needle in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-    return found
+def orphans() -> list[_Proc]:
+    """Daemonized descendants re-parented to this process (shims of a stopped daemon's containers).
+
+    As a child subreaper this process only ever inherits its own descendants. Those still in this process's
+    session are children that the embedding script started itself, and are left alone.
+    """
+    me = os.getpid()
+    own_session = os.getsid(0)
+    return [p for p in _processes() if p.ppid == me and p.session != own_session]
 
 
 def mounts_below(root: Path) -> list[str]:
@@ -283,9 +361,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--with-docker", action="store_true", help="also start a real dockerd")
     ap.add_argument("--no-berth", action="store_true", help="do not start berthd")
-    ap.add_argument("--keep", action="store_true", help="keep the /tmp/bench-XXXX directory")
+    ap.add_argument("--keep", action="store_true", help="keep the bench-XXXX directory")
+    ap.add_argument("--tmp", type=Path, default=TMP, help="where bench-XXXX goes (default $BERTH_BENCH_TMP or /tmp)")
     args = ap.parse_args()
-    with Harness(keep=args.keep) as h:
+    with Harness(keep=args.keep, tmp=args.tmp) as h:
         started = []
         if not args.no_berth:
             started.append(h.berthd())

@@ -157,8 +157,12 @@ class CommandParser(argparse.ArgumentParser):
                     setattr(ns, action.dest, truth)
         problem = self.command.arity.problem(len(args))
         if problem:
-            raise CliError(f"berth: '{self.path}' {problem}\n\nUsage:  {self.path} {self.command.usage}\n\n"
-                           f"Run '{self.path} --help' for more information")
+            # docker's RequiresMinArgs says "See", its other arity checks say "Run"
+            verb = "See" if self.command.arity.most is None else "Run"
+            raise CliError(
+                f"berth: '{self.path}' {problem}\n\nUsage:  {self.path} {self.command.usage}\n\n"
+                f"{verb} '{self.path} --help' for more information"
+            )
         return ns
 
 
@@ -182,8 +186,13 @@ class Context:
     def client(self) -> Client:
         if self._client is None:
             from berth.client.http import Client
+            from berth.errors import BerthError
 
-            self._client = Client(self.host)
+            try:
+                self._client = Client(self.host)
+            except BerthError as err:
+                # a bad -H/BERTH_HOST is the CLI's own failure, not an answer from the daemon (docker's wording)
+                raise CliError(f"Failed to initialize: unable to resolve berth endpoint: {err}") from None
         return self._client
 
     def out(self, text: str) -> None:

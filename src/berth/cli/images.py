@@ -463,19 +463,62 @@ def _prune(ctx: Context, ns: argparse.Namespace) -> int:
 LS = Command("ls", "List images", "[OPTIONS] [REPOSITORY[:TAG]]", _ls, _configure_ls, Arity(0, 1),
              aliases=("list",), metavar="REPOSITORY[:TAG]")
 LOAD = Command("load", "Load an image from a tar archive or STDIN", "[OPTIONS]", _load, _configure_load)
-SAVE = Command("save", "Save one or more images to a tar archive (streamed to STDOUT by default)",
-               "[OPTIONS] IMAGE [IMAGE...]", _save, _configure_save, Arity(1, None), metavar="IMAGE")
-TAG = Command("tag", "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE",
-              "SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG]", _tag, None, Arity(2, 2), metavar="IMAGE")
-RM = Command("rm", "Remove one or more images", "[OPTIONS] IMAGE [IMAGE...]", _rm, _configure_rm,
-             Arity(1, None), aliases=("remove",), metavar="IMAGE")
-HISTORY = Command("history", "Show the history of an image", "[OPTIONS] IMAGE", _history, _configure_history,
-                  Arity(1, 1), metavar="IMAGE")
-IMPORT = Command("import", "Import the contents from a tarball to create a filesystem image",
-                 "[OPTIONS] file|URL|- [REPOSITORY[:TAG]]", _import, _configure_import, Arity(1, 2),
-                 metavar="SOURCE")
-INSPECT = Command("inspect", "Display detailed information on one or more images", "[OPTIONS] IMAGE [IMAGE...]",
-                  _inspect, _configure_inspect, Arity(1, None), metavar="IMAGE")
+SAVE = Command(
+    "save",
+    "Save one or more images to a tar archive (streamed to STDOUT by default)",
+    "[OPTIONS] IMAGE [IMAGE...]",
+    _save,
+    _configure_save,
+    Arity(1, None),
+    metavar="IMAGE",
+)
+TAG = Command(
+    "tag",
+    "Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE",
+    "SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG]",
+    _tag,
+    None,
+    Arity(2, 2),
+    metavar="IMAGE",
+)
+RM = Command(
+    "rm",
+    "Remove one or more images",
+    "[OPTIONS] IMAGE [IMAGE...]",
+    _rm,
+    _configure_rm,
+    Arity(1, None),
+    aliases=("remove",),
+    metavar="IMAGE",
+)
+HISTORY = Command(
+    "history",
+    "Show the history of an image",
+    "[OPTIONS] IMAGE",
+    _history,
+    _configure_history,
+    Arity(1, 1),
+    metavar="IMAGE",
+)
+# docker import checks only the minimum (RequiresMinArgs): arguments past the repository are ignored
+IMPORT = Command(
+    "import",
+    "Import the contents from a tarball to create a filesystem image",
+    "[OPTIONS] file|URL|- [REPOSITORY[:TAG]]",
+    _import,
+    _configure_import,
+    Arity(1, None),
+    metavar="SOURCE",
+)
+INSPECT = Command(
+    "inspect",
+    "Display detailed information on one or more images",
+    "[OPTIONS] IMAGE [IMAGE...]",
+    _inspect,
+    _configure_inspect,
+    Arity(1, None),
+    metavar="IMAGE",
+)
 PRUNE = Command("prune", "Remove unused images", "[OPTIONS]", _prune, _configure_prune)
 BOOTSTRAP = Command("bootstrap", "Make a base image from local sources (busybox, debian, python)", "NAME",
                     _bootstrap, None, Arity(1, 1), metavar="NAME")

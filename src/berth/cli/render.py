@@ -3,60 +3,13 @@ Go time formats, truncated IDs, and inspect's indented JSON. Pure functions over
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import UTC, datetime
 from typing import Any
 
-_DECIMAL = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
-_BINARY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
+from berth.units import bytes_size, human_duration, human_size
 
-
-def _scaled(size: float, base: float, units: tuple[str, ...], precision: int) -> str:
-    i = 0
-    while size >= base and i < len(units) - 1:
-        size /= base
-        i += 1
-    return f"{size:.{precision}g}{units[i]}"
-
-
-def human_size(size: float, precision: int = 4) -> str:
-    """units.HumanSizeWithPrecision: decimal units, ``precision`` significant digits ("4.26MB")."""
-    return _scaled(float(size), 1000.0, _DECIMAL, precision)
-
-
-def bytes_size(size: float) -> str:
-    """units.BytesSize: binary units, 4 significant digits ("15.5GiB")."""
-    return _scaled(float(size), 1024.0, _BINARY, 4)
-
-
-def human_duration(seconds: float) -> str:
-    """units.HumanDuration: "Less than a second", "About a minute", "2 days", ..."""
-    secs = int(seconds)
-    if secs < 1:
-        return "Less than a second"
-    if secs == 1:
-        return "1 second"
-    if secs < 60:
-        return f"{secs} seconds"
-    minutes = int(seconds / 60)
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    # Go's math.Round rounds halves away from zero, Python's round() to even.
-    hours = math.floor(seconds / 3600 + 0.5)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
+__all__ = ["bytes_size", "human_duration", "human_size"]
 
 
 def since(unix: float, now: float) -> str:

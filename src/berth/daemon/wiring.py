@@ -4,6 +4,7 @@ It owns the top level of the data root (each store owns the layout below its own
 
     <data-root>/
       berthd.lock   berth.db   engine-id
+      containers/   per-container files: hostname, hosts, resolv.conf, logs (berth.engine.containers)
       content/      the content store (berth.content.store)
       snapshots/    the snapshotter (berth.snapshots)
       tmp/          scratch mount points for layer extraction (berth.images.store)
@@ -16,11 +17,13 @@ import logging
 
 from berth.content.store import ContentStore
 from berth.daemon.config import DaemonConfig
+from berth.engine.containers import ContainerPaths, ContainerService
 from berth.engine.events import EventBus
 from berth.engine.images import ImageService
 from berth.engine.services import Engine
 from berth.engine.system import SystemService
 from berth.images.store import ImageStore
+from berth.metadata.containers import ContainerDB
 from berth.metadata.images import ImageDB
 from berth.snapshots.base import open_snapshotter
 
@@ -50,8 +53,16 @@ def build_engine(config: DaemonConfig) -> Engine:
     events = EventBus()
     system = SystemService(config.data_root, storage_driver=driver)
     images = build_images(config, events, driver)
+    containers = ContainerService(
+        ContainerDB(config.data_root / "berth.db"),
+        images.store,
+        images.store.snapshotter,
+        events,
+        ContainerPaths(config.data_root / "containers"),
+    )
+    images.image_users = containers.image_users
     log.debug("engine built: storage driver %s", driver)
-    return Engine(events=events, system=system, images=images)
+    return Engine(events=events, system=system, images=images, containers=containers)
 
 
 def start_engine(engine: Engine) -> None:
@@ -62,3 +73,4 @@ def start_engine(engine: Engine) -> None:
 def close_engine(engine: Engine) -> None:
     """Release what the services hold (databases, file handles) at shutdown."""
     engine.images.store.db.close()
+    engine.containers.db.close()

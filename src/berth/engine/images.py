@@ -58,6 +58,8 @@ class ImageService:
         self.events = events
         self._scratch = scratch
         self._bootstrap_cache = bootstrap_cache
+        # containers created from an image: (container id, has a live process); wired by the daemon
+        self.image_users: Callable[[str], list[tuple[str, bool]]] = lambda _image_id: []
 
     def count(self) -> int:
         return self.store.db.count()
@@ -200,9 +202,32 @@ class ImageService:
         if by_ref is not None and (len(rec.tags) + len(rec.repo_digests) > 1):
             self._untag(rec, by_ref, out)
             return out
+        short = rec.id[7:19]
+        users = self.image_users(rec.id)
+        running = [cid for cid, live in users if live]
+        if running and (by_ref is None or force):
+            raise Conflict(
+                f"conflict: unable to delete {short} (cannot be forced) - image is being used by "
+                f"running container {running[0][:12]}"
+            )
+        if users and not force:
+            if by_ref is not None:
+                raise Conflict(
+                    f'conflict: unable to remove repository reference "{parse(name).familiar()}" '
+                    f"(must force) - container {users[0][0][:12]} is using its referenced image {short}"
+                )
+            raise Conflict(
+                f"conflict: unable to delete {short} (must be forced) - image is being used by stopped "
+                f"container {users[0][0][:12]}"
+            )
         if by_ref is None and len(rec.tags) > 1 and not force:
-            raise Conflict(f"conflict: unable to delete {rec.id[7:19]} (must be forced) - image is referenced "
-                           "in multiple repositories")
+            raise Conflict(
+                f"conflict: unable to delete {short} (must be forced) - image is referenced in multiple repositories"
+            )
+        if users:  # forced, but still in use: untag only, the image stays (dangling) for its containers
+            for t in rec.tags:
+                self._untag(rec, t, out)
+            return out
         for t in rec.tags:
             self._untag(rec, t, out)
         for d in rec.repo_digests:
@@ -234,7 +259,7 @@ class ImageService:
         for key in filters:
             if key not in {"label", "label!", "until"}:
                 raise InvalidArgument(f"invalid filter '{key}'")
-        rows = self._rows()
+        rows = [r for r in self._rows() if not self.image_users(r.rec.id)]
         if only_dangling:
             rows = [r for r in rows if not r.rec.tags]
         if "until" in filters:

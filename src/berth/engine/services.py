@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from berth.engine.containers import ContainerService
     from berth.engine.events import EventBus
     from berth.engine.images import ImageService
     from berth.engine.system import SystemService
@@ -18,3 +19,4 @@ class Engine:
     events: EventBus
     system: SystemService
     images: ImageService
+    containers: ContainerService

@@ -3,7 +3,9 @@
 Load streams the archive once: every regular file member goes into the content store (members named
 ``blobs/<alg>/<hex>`` or ``<hex>.json`` are verified against their names), then the index (``manifest.json`` or
 ``index.json``) read at the end says which blobs form which image. Member names are only ever dictionary keys:
-nothing from the archive is written to a path, so ``../`` names and symlink members cannot escape.
+nothing from the archive is written to a path. Still, like Docker's untar, names, link targets and manifest paths
+that climb out of the archive (``../``) are refused; absolute ones are taken relative to the archive root. Every
+descriptor's size and digest must match the blob the archive carries, and only blobs the archive carries count.
 
 Save writes the layout Docker 25+ writes (readable by old and new Docker, skopeo and berth): ``blobs/sha256/``
 with uncompressed layers, ``index.json``, ``oci-layout``, ``manifest.json`` and ``repositories``.
@@ -28,10 +30,12 @@ from berth.oci.descriptor import Descriptor
 from berth.oci.digest import Digest, is_hex_id
 from berth.oci.image import ImageConfig, Index, Manifest
 from berth.oci.reference import Reference, parse, parse_tagged
+from berth.snapshots.base import Kind
 
 _META_FILES = {"manifest.json", "index.json", "oci-layout", "repositories"}
 _MAX_META = 8 * 1024 * 1024
 _MAX_LINK_HOPS = 16
+_MAX_INDEX_DEPTH = 4
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,20 @@ class _Archive:
         self.meta: dict[str, bytes] = {}
         self.links: dict[str, str] = {}
 
+    def add_blob(self, name: str, found: tuple[Digest, int]) -> None:
+        self.links.pop(name, None)  # a later member of the same name replaces an earlier one, as on disk
+        self.blobs[name] = found
+
+    def add_link(self, name: str, target: str) -> None:
+        self.blobs.pop(name, None)
+        self.links[name] = target
+
+    def carried(self) -> dict[Digest, int]:
+        """The blobs this archive holds, with their sizes (what descriptors may point to)."""
+        return dict(self.blobs.values())
+
     def resolve(self, name: str) -> str:
-        key = _norm(name)
+        key = _path(name, "manifest.json")
         for _ in range(_MAX_LINK_HOPS):
             if key not in self.links:
                 return key
@@ -65,8 +81,26 @@ class _Archive:
         return found
 
 
-def _norm(name: str) -> str:
-    return posixpath.normpath("/" + name).lstrip("/")
+def _inside(path: str) -> str | None:
+    """``path`` relative to the archive root, or None when it climbs out (absolute paths start at the root)."""
+    clean = posixpath.normpath(path)
+    if clean == ".." or clean.startswith("../"):
+        return None
+    return clean.lstrip("/")
+
+
+def _member(name: str) -> str:
+    key = _inside(name)
+    if key is None:
+        raise InvalidArgument(f'invalid archive: invalid member name "{name}": it is outside of the archive')
+    return key
+
+
+def _path(text: str, where: str) -> str:
+    key = _inside(text)
+    if key is None or not key or key == ".":
+        raise InvalidArgument(f'invalid archive: invalid path "{text}" in {where}')
+    return key
 
 
 def _expected_digest(name: str) -> Digest | None:
@@ -97,6 +131,7 @@ def load(store: ImageStore, stream: BinaryIO, progress: Callable[[str], None] | 
             raise InvalidArgument("invalid archive: it contains no images")
         for plan in plans:
             say(f"Loading {plan.config.id.short}")
+            _check_reused_layers(store, plan)
             store.unpack(lease, list(plan.layers), plan.config.diff_ids)
         out = []
         for plan in plans:
@@ -115,16 +150,50 @@ class _Plan:
     tags: tuple[Reference, ...]
 
 
+def _check_reused_layers(store: ImageStore, plan: _Plan) -> None:
+    """A layer whose snapshot exists is not extracted again, so hash its blob here: the stored manifest must
+    not pair a diff ID with other content (``docker save`` and push would hand that content out)."""
+    for i, (layer, diff_id, chain) in enumerate(
+        zip(plan.layers, plan.config.diff_ids, plan.config.chain_ids, strict=True)
+    ):
+        if layer.digest == diff_id or not _committed(store, str(chain)):
+            continue
+        hasher = diff_id.hasher()
+        with store.content.open(layer.digest) as raw, open_decompressed(raw) as stream:
+            while chunk := stream.read(1 << 20):
+                hasher.update(chunk)
+        actual = Digest.from_hasher(hasher)
+        if actual != diff_id:
+            raise InvalidArgument(f"invalid diffID for layer {i}: calculated {actual}, expected {diff_id}")
+
+
+def _committed(store: ImageStore, name: str) -> bool:
+    try:
+        return store.snapshotter.stat(name).kind is Kind.COMMITTED
+    except NotFound:
+        return False
+
+
 def _read_archive(store: ImageStore, lease: Lease, stream: BinaryIO) -> _Archive:
     archive = _Archive()
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
-                name = _norm(member.name)
+                name = _member(member.name)
                 if member.issym():
-                    archive.links[name] = _norm(posixpath.join(posixpath.dirname(name), member.linkname))
+                    target = _inside(posixpath.join(posixpath.dirname(name), member.linkname))
+                    if target is None:
+                        raise InvalidArgument(
+                            f'invalid archive: invalid symlink "{member.name}" -> "{member.linkname}"'
+                        )
+                    archive.add_link(name, target)
                 elif member.islnk():
-                    archive.links[name] = _norm(member.linkname)
+                    target = _inside(member.linkname)
+                    if target is None:
+                        raise InvalidArgument(
+                            f'invalid archive: invalid hardlink "{member.name}" -> "{member.linkname}"'
+                        )
+                    archive.add_link(name, target)
                 elif member.isfile():
                     f = tar.extractfile(member)
                     assert f is not None
@@ -135,7 +204,7 @@ def _read_archive(store: ImageStore, lease: Lease, stream: BinaryIO) -> _Archive
                     elif posixpath.basename(name) in ("json", "VERSION") and name.count("/") == 1:
                         continue  # legacy v1 metadata, not needed
                     else:
-                        archive.blobs[name] = store.put_blob(lease, f, _expected_digest(name), member.size)
+                        archive.add_blob(name, store.put_blob(lease, f, _expected_digest(name), member.size))
     except tarfile.ReadError as e:
         raise InvalidArgument(f"invalid archive: {_tar_reason(e)}") from None
     except EOFError:
@@ -165,72 +234,88 @@ def _plan_docker(store: ImageStore, archive: _Archive) -> list[_Plan]:
         raise InvalidArgument("invalid archive: manifest.json must be a list")
     plans = []
     for entry in doc:
-        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str):
+        if not isinstance(entry, dict):
+            raise InvalidArgument("invalid archive: manifest.json entries must be objects")
+        if not isinstance(entry.get("Config"), str):
             raise InvalidArgument("invalid archive: manifest.json entry without Config")
-        cdigest, _ = archive.blob(entry["Config"])
-        config = ImageConfig.parse(store.content.read(cdigest))
-        layer_names = entry.get("Layers") or []
-        if not isinstance(layer_names, list) or not all(isinstance(x, str) for x in layer_names):
-            raise InvalidArgument("invalid archive: manifest.json Layers must be a list of paths")
+        layer_names = _strings(entry.get("Layers"), "Layers")
+        tags = tuple(_parse_tag(t) for t in _strings(entry.get("RepoTags"), "RepoTags"))
+        config = _config(store, *archive.blob(entry["Config"]))
         if len(layer_names) != len(config.diff_ids):
             raise InvalidArgument("invalid manifest, layers length mismatch: expected "
                                   f"{len(config.diff_ids)}, got {len(layer_names)}")
         layers = tuple(store.layer_descriptor(*archive.blob(n)) for n in layer_names)
-        tags = tuple(_parse_tag(t) for t in entry.get("RepoTags") or [] if isinstance(t, str))
         plans.append(_Plan(config, layers, tags))
     return plans
 
 
+def _strings(value: Any, field: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise InvalidArgument(f"invalid archive: manifest.json {field} must be a list of strings")
+    return value
+
+
+def _config(store: ImageStore, digest: Digest, size: int) -> ImageConfig:
+    if size > _MAX_META:
+        raise InvalidArgument(f"invalid archive: image config {digest} is too large")
+    return ImageConfig.parse(store.content.read(digest))
+
+
 def _parse_tag(text: str) -> Reference:
-    ref = parse_tagged(text)
+    ref = parse(text)
     if ref.digest is not None:
-        raise InvalidArgument(f"invalid archive: tag {text} has a digest")
-    return ref
+        raise InvalidArgument(f'invalid tag "{text}"')
+    return ref.with_default_tag()
 
 
 def _plan_oci(store: ImageStore, archive: _Archive) -> list[_Plan]:
     index = Index.parse(archive.meta["index.json"])
+    carried = archive.carried()
     plans: list[_Plan] = []
     for desc in index.manifests:
         name = desc.annotations.get("io.containerd.image.name") or desc.annotations.get(
             "org.opencontainers.image.ref.name")
         tag = _oci_tag(name)
-        plans.extend(_plan_oci_descriptor(store, desc, (tag,) if tag else (), depth=0))
+        plans.extend(_plan_oci_descriptor(store, carried, desc, (tag,) if tag else (), depth=0))
     return plans
 
 
 def _oci_tag(name: str | None) -> Reference | None:
-    if not name or ("/" not in name and ":" not in name):
-        return None  # a bare tag with no repository cannot name a local image
-    try:
-        return _parse_tag(name)
-    except InvalidArgument:
-        return None
+    if not name or not any(c in name for c in "/:@"):
+        return None  # a bare tag (ref.name "1.0") with no repository cannot name a local image
+    return _parse_tag(name)
 
 
-def _plan_oci_descriptor(store: ImageStore, desc: Descriptor, tags: tuple[Reference, ...],
-                         depth: int) -> list[_Plan]:
-    if depth > 4:
+def _check_carried(carried: dict[Digest, int], desc: Descriptor, what: str) -> None:
+    """The archive must hold the blob, at the size its descriptor claims (its digest was checked on the way in)."""
+    size = carried.get(desc.digest)
+    if size is None:
+        raise InvalidArgument(f"invalid archive: {what} {desc.digest} not found in archive")
+    if size != desc.size:
+        raise InvalidArgument(f"invalid archive: {what} {desc.digest} has size {size}, its descriptor says {desc.size}")
+
+
+def _plan_oci_descriptor(
+    store: ImageStore, carried: dict[Digest, int], desc: Descriptor, tags: tuple[Reference, ...], depth: int
+) -> list[_Plan]:
+    if depth > _MAX_INDEX_DEPTH:
         raise InvalidArgument("invalid archive: image index nested too deep")
-    try:
-        raw = store.content.read(desc.digest)
-    except NotFound:
-        raise InvalidArgument(f"invalid archive: blob {desc.digest} not found in archive") from None
     if desc.media_type in media.INDEXES:
-        sub = Index.parse(raw)
+        _check_carried(carried, desc, "index")
+        sub = Index.parse(store.content.read(desc.digest))
         chosen = [m for m in sub.manifests if _is_linux_amd64(m)] or list(sub.manifests[:1])
-        return [p for m in chosen[:1] for p in _plan_oci_descriptor(store, m, tags, depth + 1)]
-    man = Manifest.parse(raw)
-    try:
-        config = ImageConfig.parse(store.content.read(man.config.digest))
-    except NotFound:
-        raise InvalidArgument(f"invalid archive: config {man.config.digest} not found in archive") from None
+        return [p for m in chosen[:1] for p in _plan_oci_descriptor(store, carried, m, tags, depth + 1)]
+    _check_carried(carried, desc, "manifest")
+    man = Manifest.parse(store.content.read(desc.digest))
+    _check_carried(carried, man.config, "config")
+    config = _config(store, man.config.digest, man.config.size)
     if len(man.layers) != len(config.diff_ids):
         raise InvalidArgument("invalid manifest, layers length mismatch: expected "
                               f"{len(config.diff_ids)}, got {len(man.layers)}")
     for layer in man.layers:
-        if not store.content.has(layer.digest):
-            raise InvalidArgument(f"invalid archive: layer {layer.digest} not found in archive")
+        _check_carried(carried, layer, "layer")
     return [_Plan(config, man.layers, tags)]
 
 

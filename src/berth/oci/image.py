@@ -46,7 +46,9 @@ class ImageConfig:
         rootfs = doc.get("rootfs")
         if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
             raise InvalidArgument("invalid image config: rootfs.type must be \"layers\"")
-        ids = rootfs.get("diff_ids") or []
+        ids = rootfs.get("diff_ids")
+        if ids is None:
+            ids = []
         if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
             raise InvalidArgument("invalid image config: rootfs.diff_ids must be a list of digests")
         cfg = doc.get("config")

@@ -45,7 +45,16 @@ def register(router: Router) -> None:
     @router.route("GET", "/info")
     async def info(req: Request, engine: Engine) -> Response:
         images = engine.images.count() if engine.images is not None else 0
-        return json_response(engine.system.info(images=images))
+        c = engine.containers.counts() if engine.containers is not None else {}
+        return json_response(
+            engine.system.info(
+                images=images,
+                containers=c.get("containers", 0),
+                running=c.get("running", 0),
+                paused=c.get("paused", 0),
+                stopped=c.get("stopped", 0),
+            )
+        )
 
     @router.route("GET", "/events")
     async def events(req: Request, engine: Engine) -> StreamResponse:
