@@ -138,16 +138,19 @@ class _Proc:
     session: int
     start: int  # clock ticks after boot; a reused PID gets a new start time
 
+    zombie: bool = False
+
     def alive(self) -> bool:
+        """Still running (and the same process); a zombie child of ours is reaped on the way."""
         now = _stat(self.pid)
         if now is None or now.start != self.start:
             return False
         if now.ppid == os.getpid():
-            # our child (or an orphan re-parented to us): reap it, or it stays a zombie
+            # our child, or an orphan re-parented to us: reap it, or it stays a zombie
             with contextlib.suppress(ChildProcessError):
                 if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
                     return False
-        return _stat(self.pid) == now
+        return not now.zombie
 
     def stop(self, grace: float) -> None:
         if self.alive():
@@ -161,9 +164,7 @@ def _stat(pid: int) -> _Proc | None:
         return None
     # fields after the parenthesised command name (which may hold spaces or parentheses itself)
     rest = text[text.rindex(")") + 2 :].split()
-    if rest[0] == "Z":
-        return None  # a zombie has no resources left to free; its parent reaps it
-    return _Proc(pid, int(rest[1]), int(rest[3]), int(rest[19]))
+    return _Proc(pid, int(rest[1]), int(rest[3]), int(rest[19]), zombie=rest[0] in ("Z", "X"))
 
 
 def _descendants(pid: int, procs: list[_Proc]) -> list[_Proc]:
@@ -179,7 +180,7 @@ def _descendants(pid: int, procs: list[_Proc]) -> list[_Proc]:
 
 
 def _processes() -> list[_Proc]:
-    """Every live process, from /proc (PID, parent, session, start time only; never command lines)."""
+    """Every process, zombies too, from /proc (PID, parent, session, start time, state; never command lines)."""
     found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():

@@ -187,7 +187,7 @@ def probe() -> Probe:
 @pytest.fixture(scope="module")
 def api(probe: Probe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     system = SystemService(tmp_path_factory.mktemp("sys"))
-    engine = Engine(events=EventBus(), system=system, images=None, containers=None)  # type: ignore[arg-type]
+    engine = Engine(events=EventBus(), system=system, images=None, containers=None, runner=None, logs=None)  # type: ignore[arg-type]
     with ServerThread(_router(probe), engine) as server:
         yield server
 
@@ -526,7 +526,8 @@ def test_build_router_has_system_routes() -> None:
 def test_socket_permissions_and_stale_socket(tmp_path: Path) -> None:
     from berth.api.server import ApiServer
 
-    engine = Engine(events=EventBus(), system=SystemService(tmp_path), images=None, containers=None)  # type: ignore[arg-type]
+    engine = Engine(events=EventBus(), system=SystemService(tmp_path),  # type: ignore[arg-type]
+                    images=None, containers=None, runner=None, logs=None)
     path = tmp_path / "s.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))

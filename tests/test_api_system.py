@@ -154,7 +154,8 @@ def test_events_until_in_the_future_ends_then(shared_berthd: BerthDaemon) -> Non
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ServerThread]:
     """The real router in-process, so a test can publish events straight onto the bus."""
-    engine = Engine(events=EventBus(), system=SystemService(tmp_path), images=None, containers=None)  # type: ignore[arg-type]
+    engine = Engine(events=EventBus(), system=SystemService(tmp_path),  # type: ignore[arg-type]
+                    images=None, containers=None, runner=None, logs=None)
     with ServerThread(build_router(), engine) as server:
         yield server
 

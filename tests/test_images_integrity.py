@@ -239,13 +239,12 @@ CASES: dict[str, tuple[Callable[[], bytes], str]] = {
                              "invalid checksum digest format"),
     "oci-config-not-json": (lambda: oci_archive(config=b"\x00\x01"), "invalid image config"),
     # paths and links
-    "config-path-climbs": (lambda: docker_archive(entry=lambda i: i.update(Config="../" + i["Config"])),
-                           "invalid path"),
+    "config-path-climbs": (lambda: docker_archive(entry=edit(Config="../../etc/shadow")),
+                           "../../etc/shadow not found in archive"),
     "config-path-absolute-clamped": (lambda: docker_archive(entry=edit(Config="/../../etc/passwd")),
                                      "/../../etc/passwd not found in archive"),
     "config-path-missing": (lambda: docker_archive(entry=edit(Config="nothere.json")), "not found in archive"),
-    "layer-path-climbs": (lambda: docker_archive(entry=lambda i: i.update(Layers=["../" + i["Layers"][0]])),
-                          "invalid path"),
+    "layer-path-climbs": (lambda: docker_archive(entry=edit(Layers=["../../../bin/sh"])), "not found in archive"),
     "layer-path-is-a-dir": (lambda: docker_archive(entry=lambda i: i.update(Layers=[i["Layers"][0][:64]])),
                             "not found in archive"),
     "member-name-climbs": (lambda: docker_archive(extra=[("../../escape.txt", b"x")]), "invalid member name"),
@@ -380,6 +379,9 @@ GOOD: dict[str, Callable[[], bytes]] = {
         tag="integrity/good:abs", entry=lambda i: i.update(Layers=["abs"]),
         extra=[link("abs", f"/{sha(LAYER)}/layer.tar")]),
     "nested-index-within-limit": lambda: nested_index(3),
+    # like Docker (FollowSymlinkInScope), manifest.json paths are clamped to the archive root
+    "climbing-paths-clamped": lambda: docker_archive(tag="integrity/good:clamped", entry=lambda i: i.update(
+        Config="../../" + i["Config"], Layers=["/../" + i["Layers"][0]])),
     "gzip-layer": lambda: oci_archive(man=lambda d: d.update(layers=[descriptor(media.OCI_LAYER_GZIP, GZ)]),
                                       blobs={f"blobs/sha256/{sha(GZ)}": GZ}, name="docker.io/integrity/good:gzip"),
 }

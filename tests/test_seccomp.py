@@ -34,25 +34,36 @@ ON_X86_64 = os.uname().machine == "x86_64"
 
 
 def run_bpf(prog: bytes, nr: int, args: tuple[int, ...] = (), arch: int = seccomp.AUDIT_ARCH_X86_64) -> int:
-    """A classic-BPF interpreter for the opcodes the compiler emits, over a ``struct seccomp_data``."""
+    """A classic-BPF interpreter (the opcodes berth and libseccomp emit) over a ``struct seccomp_data``."""
     full = (list(args) + [0] * 6)[:6]
     data = struct.pack("<IIQ6Q", nr, arch, 0, *full)
     insns = [struct.unpack_from("<HBBI", prog, i) for i in range(0, len(prog), 8)]
-    acc, pc = 0, 0
+    acc, x, pc = 0, 0, 0
     while True:
         code, jt, jf, k = insns[pc]
         pc += 1
         if code == 0x20:
             acc = struct.unpack_from("<I", data, k)[0]
+        elif code == 0x00:
+            acc = k
+        elif code == 0x01:
+            x = k
+        elif code == 0x07:
+            x = acc
+        elif code == 0x87:
+            acc = x
         elif code == 0x54:
             acc &= k
         elif code == 0x05:
             pc += k
-        elif code in (0x15, 0x25, 0x35):
-            hit = acc == k if code == 0x15 else acc > k if code == 0x25 else acc >= k
+        elif code & 0x07 == 0x05 and code & 0xF0 in (0x10, 0x20, 0x30, 0x40):
+            src = x if code & 0x08 else k
+            hit = {0x10: acc == src, 0x20: acc > src, 0x30: acc >= src, 0x40: acc & src != 0}[code & 0xF0]
             pc += jt if hit else jf
         elif code == 0x06:
             return int(k)
+        elif code == 0x16:
+            return acc
         else:
             raise AssertionError(f"unexpected opcode {code:#x}")
 
@@ -460,3 +471,67 @@ def _load_without_privilege() -> int:
 @pytest.mark.root
 def test_load_needs_no_new_privs_or_sys_admin() -> None:
     assert in_child(_load_without_privilege) == errno.EACCES
+
+
+# --- against libseccomp ----------------------------------------------------------------------------------------------
+
+LIBSECCOMP_EXPORT = """
+import json, sys, tempfile, seccomp as S
+prof = json.load(sys.stdin)
+f = S.SyscallFilter(defaction=S.ERRNO(prof["defaultErrnoRet"]))
+f.add_arch(S.Arch.X86)
+f.add_arch(S.Arch.X32)
+f.set_attr(S.Attr.ACT_BADARCH, S.KILL_PROCESS)
+ops = {"SCMP_CMP_EQ": S.EQ, "SCMP_CMP_NE": S.NE, "SCMP_CMP_LT": S.LT, "SCMP_CMP_LE": S.LE, "SCMP_CMP_GT": S.GT,
+       "SCMP_CMP_GE": S.GE, "SCMP_CMP_MASKED_EQ": S.MASKED_EQ}
+for r in prof["syscalls"]:
+    act = S.ALLOW if r["action"] == "SCMP_ACT_ALLOW" else S.ERRNO(r.get("errnoRet", 1))
+    conds = [S.Arg(a["index"], ops[a["op"]], a["value"], a.get("valueTwo", 0)) for a in r.get("args", [])]
+    for n in r["names"]:
+        try:
+            f.add_rule(act, n, *conds)
+        except Exception:
+            pass  # names this libseccomp does not know, as runc skips them
+with tempfile.TemporaryFile() as t:
+    f.export_bpf(t)
+    t.seek(0)
+    sys.stdout.write(t.read().hex())
+"""
+
+
+def _libseccomp_program(prof: dict[str, Any]) -> bytes | None:
+    """Docker's profile compiled by libseccomp (Debian's python3-seccomp under the system python), if present."""
+    if not os.path.exists("/usr/bin/python3"):
+        return None
+    res = subprocess.run(
+        ["/usr/bin/python3", "-c", LIBSECCOMP_EXPORT], input=json.dumps(prof), capture_output=True, text=True
+    )
+    return bytes.fromhex(res.stdout) if res.returncode == 0 else None
+
+
+@pytest.mark.parametrize("extra", [set(), {CAPS["CAP_SYS_ADMIN"], CAPS["CAP_SYS_PTRACE"]}])
+def test_same_decisions_as_libseccomp(extra: set[int]) -> None:
+    prof = docker_default(DOCKER_CAPS | extra, machine="x86_64", kernel=(6, 18))
+    lib = _libseccomp_program(prof)
+    if lib is None:
+        pytest.skip("libseccomp's Python binding (Debian python3-seccomp) is not installed")
+    mine = seccomp.compile_filter(prof, "x86_64")
+    samples = [(), (0,), (2,), (8,), (38,), (40,), (41,), (0x20000,), (0x20008,), (0xFFFFFFFF,), (0x400000,),
+               (0x1_0000_0000,), (0x1_0000_0028,), (0x10000000 | 17,), (0x01200011,), (0x20000 | 17,), (2**64 - 1,)]
+    # up to 456: numbers every libseccomp since 2.5.4 knows; above, berth answers ENOSYS like runc's stub
+    ranges = [
+        (seccomp.AUDIT_ARCH_X86_64, [*range(457), 0xFFFFFFFF]),
+        (seccomp.AUDIT_ARCH_X86_64, [seccomp.X32_SYSCALL_BIT + n for n in [*range(457), *range(512, 548)]]),
+        (seccomp.AUDIT_ARCH_I386, [*range(457), 0xFFFFFFFF]),
+        (seccomp.AUDIT_ARCH_ARM, [0, 3]),
+    ]
+    tables = {seccomp.AUDIT_ARCH_X86_64: X86_64, seccomp.AUDIT_ARCH_I386: seccomp.SYSCALLS_X86}
+    with_args = {t[n] for t in (*tables.values(), seccomp.SYSCALLS_X32) for n in ("socket", "personality", "clone")}
+    diffs = [
+        (hex(arch), nr, args)
+        for arch, nrs in ranges
+        for nr in nrs
+        for args in (samples if nr in with_args else [(0x1_0000_0001,)])
+        if run_bpf(lib, nr, args, arch) != run_bpf(mine, nr, args, arch)
+    ]
+    assert diffs == []

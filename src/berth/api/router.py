@@ -85,10 +85,10 @@ class Router:
 
 def build_router() -> Router:
     """The daemon's router with every route module registered."""
-    from berth.api.routes import containers, images, system
+    from berth.api.routes import containers, images, logs, system
 
     router = Router()
-    modules: list[Any] = [system, images, containers]
+    modules: list[Any] = [system, images, containers, logs]
     for module in modules:
         module.register(router)
     return router

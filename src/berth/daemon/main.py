@@ -100,6 +100,7 @@ async def serve(config: DaemonConfig, started: float) -> None:
     engine = build_engine(config)
     try:
         await asyncio.to_thread(start_engine, engine)
+        await engine.runner.startup()
         server = ApiServer(build_router(), engine)
         await server.listen(config.socket)
         log.info("API listening on %s (ready in %.0f ms)", config.host, (time.monotonic() - started) * 1000)
@@ -107,6 +108,7 @@ async def serve(config: DaemonConfig, started: float) -> None:
         log.info("shutting down")
         await server.close()
     finally:
+        await engine.runner.shutdown()
         close_engine(engine)
 
 

@@ -14,12 +14,15 @@ It owns the top level of the data root (each store owns the layout below its own
 from __future__ import annotations
 
 import logging
+import os
 
 from berth.content.store import ContentStore
 from berth.daemon.config import DaemonConfig
 from berth.engine.containers import ContainerPaths, ContainerService
 from berth.engine.events import EventBus
 from berth.engine.images import ImageService
+from berth.engine.logs import LogService
+from berth.engine.running import ContainerRunner
 from berth.engine.services import Engine
 from berth.engine.system import SystemService
 from berth.images.store import ImageStore
@@ -47,6 +50,14 @@ def build_images(config: DaemonConfig, events: EventBus, storage_driver: str) ->
     return ImageService(store, events, scratch=root / "tmp", bootstrap_cache=root / "bootstrap")
 
 
+def find_init() -> str | None:
+    """The tiny init for ``--init``: Debian's static tini (docker-init is tini too)."""
+    for path in ("/usr/bin/tini-static", "/usr/bin/docker-init", "/usr/bin/tini"):
+        if os.path.exists(path):
+            return path
+    return None
+
+
 def build_engine(config: DaemonConfig) -> Engine:
     """Every engine service, built once at start-up; the data root and exec root exist already."""
     driver = resolve_storage_driver(config)
@@ -61,8 +72,11 @@ def build_engine(config: DaemonConfig) -> Engine:
         ContainerPaths(config.data_root / "containers"),
     )
     images.image_users = containers.image_users
+    runner = ContainerRunner(containers, config.exec_root, init_path=find_init(),
+                             monitor_log=config.exec_root / "monitor.log")
     log.debug("engine built: storage driver %s", driver)
-    return Engine(events=events, system=system, images=images, containers=containers)
+    return Engine(events=events, system=system, images=images, containers=containers, runner=runner,
+                  logs=LogService(containers))
 
 
 def start_engine(engine: Engine) -> None:

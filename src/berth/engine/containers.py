@@ -15,7 +15,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +119,8 @@ class ContainerService:
         self.events = events
         self.paths = paths
         self._lock = threading.Lock()
+        # told (from a worker thread) when a container record is gone, e.g. to wake `wait?condition=removed`
+        self.on_destroy: Callable[[str], None] = lambda _cid: None
 
     # --- resolution -------------------------------------------------------------------------------
 
@@ -143,6 +145,13 @@ class ContainerService:
                 n, doc = self.db.get(ids[0])
                 return ids[0], n, doc
         raise NotFound(f"No such container: {ref}")
+
+    def is_running(self, cid: str) -> bool:
+        try:
+            _, doc = self.db.get(cid)
+        except NotFound:
+            return False
+        return State(doc["State"]["Status"]).is_active()
 
     def counts(self) -> dict[str, int]:
         """For ``/info``: containers in all, running, paused and stopped."""
@@ -217,7 +226,7 @@ class ContainerService:
             self.db.delete(cid)
             self._drop_files(cid)
             raise
-        self.events.publish("container", "create", cid, self._attributes(final_name, doc))
+        self.events.publish("container", "create", cid, self.attributes(final_name, doc))
         return {"Id": cid, "Warnings": warnings}
 
     def _generate_name(self) -> str:
@@ -242,7 +251,7 @@ class ContainerService:
         shutil.rmtree(self.paths.dir(cid), ignore_errors=True)
 
     @staticmethod
-    def _attributes(name: str, doc: dict[str, Any]) -> dict[str, str]:
+    def attributes(name: str, doc: dict[str, Any]) -> dict[str, str]:
         attrs = {str(k): str(v) for k, v in (doc["Config"].get("Labels") or {}).items()}
         attrs["image"] = str(doc["Config"].get("Image", ""))
         attrs["name"] = name
@@ -402,7 +411,7 @@ class ContainerService:
         if new_name == old:
             raise Conflict("Renaming a container with the same name as its current name")
         self.db.rename(cid, new_name)
-        attrs = self._attributes(new_name, doc)
+        attrs = self.attributes(new_name, doc)
         attrs["oldName"] = "/" + old
         self.events.publish("container", "rename", cid, attrs)
 
@@ -415,7 +424,7 @@ class ContainerService:
                 "removing or force remove"
             )
         if state.is_active():
-            raise Conflict(f'cannot remove container "/{name}": stopping running containers is not supported yet')
+            raise Conflict(f'cannot remove container "/{name}": the container is still running')
         self._destroy(cid, name, doc)
 
     def _destroy(self, cid: str, name: str, doc: dict[str, Any]) -> None:
@@ -423,7 +432,8 @@ class ContainerService:
             self.snapshotter.remove(cid)
         self._drop_files(cid)
         self.db.delete(cid)
-        self.events.publish("container", "destroy", cid, self._attributes(name, doc))
+        self.on_destroy(cid)
+        self.events.publish("container", "destroy", cid, self.attributes(name, doc))
 
     def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
         for key in filters:

@@ -9,10 +9,11 @@ import fnmatch
 import logging
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -58,6 +59,7 @@ class ImageService:
         self.events = events
         self._scratch = scratch
         self._bootstrap_cache = bootstrap_cache
+        self._bootstrap_locks: dict[str, threading.Lock] = {}
         # containers created from an image: (container id, has a live process); wired by the daemon
         self.image_users: Callable[[str], list[tuple[str, bool]]] = lambda _image_id: []
 
@@ -352,6 +354,12 @@ class ImageService:
     def bootstrap(self, name: str, emit: Emit) -> str:
         from berth.images import bootstrap
         recipe = bootstrap.recipe_for(name)
+        # one build per recipe at a time: a second caller finds the tag the first one made
+        with self._bootstrap_locks.setdefault(recipe.ref, threading.Lock()):
+            return self._bootstrap(recipe, emit)
+
+    def _bootstrap(self, recipe: Any, emit: Emit) -> str:
+        from berth.images import bootstrap
         refs = [parse_tagged(recipe.ref), *(parse_tagged(a) for a in recipe.aliases)]
         existing = {self.store.db.by_tag(str(r)) for r in refs}
         if len(existing) == 1 and None not in existing:
@@ -386,7 +394,9 @@ def _unix(created: Any) -> int:
 
 
 def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts).astimezone().isoformat()
+    """Go's RFC3339Nano in UTC, as dockerd writes times (``2024-01-02T03:04:05.123456789Z``)."""
+    whole = int(ts)
+    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{int((ts - whole) * 1e9):09d}Z"
 
 
 def _label_match(labels: dict[str, str], f: str) -> bool:

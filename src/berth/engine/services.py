@@ -9,6 +9,8 @@ if TYPE_CHECKING:
     from berth.engine.containers import ContainerService
     from berth.engine.events import EventBus
     from berth.engine.images import ImageService
+    from berth.engine.logs import LogService
+    from berth.engine.running import ContainerRunner
     from berth.engine.system import SystemService
 
 
@@ -20,3 +22,5 @@ class Engine:
     system: SystemService
     images: ImageService
     containers: ContainerService
+    runner: ContainerRunner
+    logs: LogService

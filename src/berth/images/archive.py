@@ -3,8 +3,8 @@
 Load streams the archive once: every regular file member goes into the content store (members named
 ``blobs/<alg>/<hex>`` or ``<hex>.json`` are verified against their names), then the index (``manifest.json`` or
 ``index.json``) read at the end says which blobs form which image. Member names are only ever dictionary keys:
-nothing from the archive is written to a path. Still, like Docker's untar, names, link targets and manifest paths
-that climb out of the archive (``../``) are refused; absolute ones are taken relative to the archive root. Every
+nothing from the archive is written to a path. Still, like Docker's untar, member names and link targets that
+climb out of the archive (``../``) are refused, and manifest.json paths are clamped to the archive root. Every
 descriptor's size and digest must match the blob the archive carries, and only blobs the archive carries count.
 
 Save writes the layout Docker 25+ writes (readable by old and new Docker, skopeo and berth): ``blobs/sha256/``
@@ -66,7 +66,7 @@ class _Archive:
         return dict(self.blobs.values())
 
     def resolve(self, name: str) -> str:
-        key = _path(name, "manifest.json")
+        key = _path(name)
         for _ in range(_MAX_LINK_HOPS):
             if key not in self.links:
                 return key
@@ -96,11 +96,9 @@ def _member(name: str) -> str:
     return key
 
 
-def _path(text: str, where: str) -> str:
-    key = _inside(text)
-    if key is None or not key or key == ".":
-        raise InvalidArgument(f'invalid archive: invalid path "{text}" in {where}')
-    return key
+def _path(text: str) -> str:
+    """A path from manifest.json, clamped to the archive root like Docker's FollowSymlinkInScope."""
+    return posixpath.normpath("/" + text).lstrip("/")
 
 
 def _expected_digest(name: str) -> Digest | None:
@@ -372,9 +370,10 @@ def save(store: ImageStore, items: Iterable[SaveItem], out: BinaryIO) -> None:
             top = str(config.diff_ids[-1].hex) if config.diff_ids else config.id.hex
             for t in item.tags:
                 repositories.setdefault(t.familiar_name, {})[t.tag or "latest"] = top
-            for t in item.tags or (None,):
-                ann = {} if t is None else {"io.containerd.image.name": str(t),
-                                            "org.opencontainers.image.ref.name": t.tag or ""}
+            named: tuple[Reference | None, ...] = item.tags or (None,)
+            for ref in named:
+                ann = {} if ref is None else {"io.containerd.image.name": str(ref),
+                                              "org.opencontainers.image.ref.name": ref.tag or ""}
                 index.append(Descriptor(media.OCI_MANIFEST, man_digest, len(man_bytes), ann).to_json())
         _file(tar, "index.json", json.dumps({"schemaVersion": 2, "mediaType": media.OCI_INDEX,
                                              "manifests": index}).encode(), now)

@@ -138,9 +138,15 @@ class ImageStore:
                  expected_size: int | None = None) -> tuple[Digest, int]:
         """Copy a stream into the content store under ``lease``; returns its digest and size."""
         size = 0
+        buf = memoryview(bytearray(1 << 20))  # one buffer for the whole blob: no 1 MiB allocation per read
+        readinto = getattr(stream, "readinto", None)
         with self.content.writer(expected, expected_size) as w:
             while True:
-                chunk = stream.read(1 << 20)
+                if readinto is not None:
+                    n = readinto(buf)
+                    chunk: bytes | memoryview = buf[:n] if n else b""
+                else:
+                    chunk = stream.read(len(buf))
                 if not chunk:
                     break
                 w.write(chunk)
@@ -201,7 +207,7 @@ class ImageStore:
         target.mkdir(parents=True)
         try:
             with mounted(mounts, target), self.content.open(blob) as raw:
-                result = apply_layer(target, raw)
+                result = apply_layer(target, raw, verified=blob)
         except BaseException:
             self._drop_snapshot(key)
             raise

@@ -4,7 +4,8 @@ The program has libseccomp's shape: check ``seccomp_data.arch`` (unknown arches 
 split off x32 syscalls (nr bit 0x40000000) and treat them as their own arch, then a binary search over
 the syscall numbers that have rules, then per syscall the conditional rules in spec order, falling
 back to the syscall's unconditional rule or the default action. 64-bit argument comparisons test the
-high and low 32-bit halves (``args[i]`` at offset 16+8i, high half at +4 on little-endian). Like runc,
+high and low 32-bit halves (``args[i]`` at offset 16+8i, high half at +4 on little-endian); on the
+ILP32 ABIs (i386, x32) only the low half is compared, as libseccomp does. Like runc,
 rules whose ``args`` name one index twice are split into one rule per comparison (OR), syscall names the
 arch does not know are skipped, and syscall numbers above the highest one the profile names answer
 ENOSYS instead of a non-allow default, so that libcs fall back from syscalls newer than the profile.
@@ -15,8 +16,9 @@ Order the runtime must use (runc ``standard_init_linux``): loading a filter need
 CAP_SYS_ADMIN in the effective set. Without ``noNewPrivileges`` call :func:`load` *before* dropping
 capabilities and changing uid (the filter must then allow capset/prctl/setuid/setgroups/execve, as
 Docker's does); with ``noNewPrivileges`` call :func:`berth.kernel.caps.set_no_new_privs`, drop caps and
-change uid, and call :func:`load` last, right before execve. Compile (or call :func:`load`) before the
-process enters the container root: this module imports nothing lazily.
+change uid, and call :func:`load` last, right before execve. :func:`compile_filter` and :func:`load` open
+no files and import nothing, so they are safe after pivot_root (rendering Docker's profile reads a JSON
+file: do that on the host side).
 
 The syscall tables were generated from Linux 6.1 UAPI headers (asm/unistd_64.h, unistd_32.h,
 unistd_x32.h, and asm-generic/unistd.h with arm64's ``__ARCH_WANT_*``) plus the common numbers 451-470.
@@ -348,14 +350,14 @@ def compile_filter(oci_seccomp: dict[str, Any], arch: str = "x86_64") -> bytes:
         asm.jump(_JMP_JGE_K, X32_SYSCALL_BIT, split, main)
         sections.append((AUDIT_ARCH_X86_64, asm.ld(_OFF_NR)))
         if "SCMP_ARCH_X86" in wanted:
-            asm.entry(_emit_arch(asm, SYSCALLS_X86, rules, default, False, 1 << 32))
+            asm.entry(_emit_arch(asm, SYSCALLS_X86, rules, default, False, 0xFFFFFFFF))
             sections.append((AUDIT_ARCH_I386, asm.ld(_OFF_NR)))
     else:
         for name in wanted:
             info = known.get(name)
             if info is None or info.table is None:
                 continue
-            _emit_arch(asm, info.table, rules, default, info.wide, 1 << 32)
+            _emit_arch(asm, info.table, rules, default, info.wide, 0xFFFFFFFF)
             sections.append((info.audit, asm.ld(_OFF_NR)))
     target: _Target = _Ret(BAD_ARCH_ACTION)
     for audit, entry in reversed(sections):

@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 from berth.errors import BerthError, InternalError, InvalidArgument
 from berth.kernel import fsops
-from berth.layers.compression import open_decompressed
+from berth.layers.compression import detect, open_decompressed
 from berth.oci.digest import Digest
 
 BLOCK = 512
@@ -82,8 +82,9 @@ class _Header:
 class _Source:
     """Buffered reader over the uncompressed stream that hashes and counts every byte it pulls."""
 
-    def __init__(self, stream: BinaryIO) -> None:
-        self._readinto: Callable[[memoryview], int | None] = stream.readinto  # type: ignore[attr-defined]
+    def __init__(self, stream: BinaryIO | None) -> None:
+        if stream is not None:
+            self._readinto: Callable[[memoryview], int | None] = stream.readinto  # type: ignore[attr-defined]
         self._hash = hashlib.sha256()
         self.size = 0
         self._buf = bytearray(CHUNK)
@@ -158,6 +159,64 @@ class _Source:
 
     def digest(self) -> Digest:
         return Digest("sha256", self._hash.hexdigest())
+
+
+class _FileSource(_Source):
+    """An uncompressed layer that is a regular file already verified to hash to ``digest`` (a content-store blob).
+
+    Nothing is hashed again (the diff ID is the blob's digest), and the part of a file body that is not buffered
+    yet goes file to file inside the kernel (sendfile) instead of through this process.
+    """
+
+    def __init__(self, fd: int, digest: Digest) -> None:
+        super().__init__(None)
+        self._fd = fd
+        self._off = 0  # blob offset of the byte after the buffered ones
+        self._digest = digest
+
+    def _fill(self) -> int:
+        if self._pos < self._end:
+            return self._end - self._pos
+        n = os.preadv(self._fd, [self._mv], self._off)
+        if not n:
+            return 0
+        self._off += n
+        self.size += n
+        self._pos, self._end = 0, n
+        return n
+
+    def copy_to(self, fd: int, n: int) -> None:
+        buffered = min(n, self._end - self._pos)
+        super().copy_to(fd, buffered)
+        self.entry_left -= n - buffered
+        n -= buffered
+        while n > 0:
+            k = os.sendfile(fd, self._fd, self._off, n)
+            if not k:
+                raise InvalidArgument("unexpected EOF")
+            self._off += k
+            self.size += k
+            n -= k
+
+    def drain(self) -> None:
+        self.size = self._off = max(self._off, os.fstat(self._fd).st_size)
+        self._pos = self._end = 0
+
+    def digest(self) -> Digest:
+        return self._digest
+
+
+def _source(stream: BinaryIO, verified: Digest | None) -> _Source:
+    """A ``_FileSource`` when ``stream`` is an uncompressed file of known digest, else a hashing ``_Source``."""
+    if verified is not None and verified.algorithm == "sha256":
+        try:
+            fd = stream.fileno()
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except (AttributeError, OSError, ValueError):
+            regular = False
+        if regular and detect(os.pread(fd, 8, 0)) == "none":
+            return _FileSource(fd, verified)
+    return _Source(open_decompressed(stream))
 
 
 def _number(raw: bytes) -> int:
@@ -543,11 +602,15 @@ def _translate(err: OSError, entry: str) -> BerthError:
     return InvalidArgument(msg)
 
 
-def apply_layer(root: str | os.PathLike[str], stream: BinaryIO) -> ApplyResult:
-    """Unpack the layer ``stream`` onto the merged view at ``root`` (see the module docstring)."""
+def apply_layer(root: str | os.PathLike[str], stream: BinaryIO, verified: Digest | None = None) -> ApplyResult:
+    """Unpack the layer ``stream`` onto the merged view at ``root`` (see the module docstring).
+
+    ``verified`` is the digest the caller already checked ``stream``'s raw bytes against (a content-store blob,
+    read from its start); when those bytes are an uncompressed tar it is the diff ID, and they are not hashed again.
+    """
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        src = _Source(open_decompressed(stream))
+        src = _source(stream, verified)
         applier = _Applier(root_fd)
         entry = ""
         try:

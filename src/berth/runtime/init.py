@@ -23,8 +23,9 @@ import signal
 import socket
 import stat
 import struct
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from berth.kernel import caps as kcaps
@@ -72,7 +73,6 @@ class InitConfig:
     rlimits: tuple[tuple[int, int, int], ...] = ()  # (resource, soft, hard), already clamped
     caps: kcaps.CapSets | None = None
     seccomp: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class InitError(Exception):
@@ -88,6 +88,18 @@ def report(fd: int, message: str) -> None:
     data = (message.replace("\n", " ") + "\n").encode()
     with contextlib.suppress(OSError):
         os.write(fd, data)
+
+
+class _NoImports:
+    """A meta path finder that refuses every import: the container's files must never run as the runtime."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        raise ImportError(f"berth-runtime init: import of {name} after entering the container root")
+
+
+def forbid_imports() -> None:
+    sys.meta_path.insert(0, _NoImports)
 
 
 # -- before pivot_root ---------------------------------------------------------------------------------------
@@ -144,14 +156,30 @@ def mount_spec(root_fd: int, m: Mount, cfg: InitConfig) -> None:
         _mount_cgroup(root_fd, m, cfg)
         return
     directory = os.path.isdir(m.source) if m.is_bind else True
-    fd = _open_target(root_fd, m.destination, directory=directory, no_symlink=m.type in ("proc", "sysfs"))
+    no_symlink = m.type in ("proc", "sysfs")
+    fd = _open_target(root_fd, m.destination, directory=directory, no_symlink=no_symlink)
+    flags, propagation, _data = kmount.parse_options(m.options)
     try:
         if m.type in ("proc", "sysfs") and not stat.S_ISDIR(os.fstat(fd).st_mode):
             raise InitError(f"mount destination {m.destination} is not a directory")
-        kind = "bind" if m.is_bind else m.type
-        kmount.mount(kmount.Mount(kind, m.source or kind, m.options), _fd_path(fd))
+        if m.is_bind:
+            ns.bind(m.source, _fd_path(fd), recursive=bool(flags & kmount.MS_REC))
+        else:
+            fs_options = tuple(o for o in m.options if not kmount.parse_options([o])[1])
+            kmount.mount(kmount.Mount(m.type, m.source or m.type, fs_options), _fd_path(fd))
     finally:
         os.close(fd)
+    # the O_PATH fd still names the covered inode, not the new mount: reopen before changing the mount itself
+    extra = flags & ~(kmount.MS_BIND | kmount.MS_REC | kmount.MS_REMOUNT)
+    if (m.is_bind and extra) or propagation:
+        fd = fsops.open_in_root(root_fd, m.destination, os.O_PATH | os.O_CLOEXEC)
+        try:
+            if m.is_bind and extra:
+                ns.remount_bind(_fd_path(fd), extra)
+            if propagation:
+                ns.set_propagation(_fd_path(fd), propagation)
+        finally:
+            os.close(fd)
 
 
 def _mount_cgroup(root_fd: int, m: Mount, cfg: InitConfig) -> None:
@@ -161,6 +189,13 @@ def _mount_cgroup(root_fd: int, m: Mount, cfg: InitConfig) -> None:
     fd = _open_target(root_fd, m.destination, directory=True, no_symlink=True)
     try:
         target = _fd_path(fd)
+        if len(cfg.cgroup_mounts) == 1 and not cfg.cgroup_mounts[0].name:  # a pure cgroup v2 host
+            if cfg.spec.linux.namespace("cgroup") is not None:
+                ns.mount_fs("cgroup2", "cgroup", target, per_mount, None)  # the namespace's root is ours
+            else:
+                ns.bind(cfg.cgroup_mounts[0].host_dir, target, recursive=False)
+                ns.remount_bind(target, per_mount)
+            return
         ns.mount_fs("tmpfs", "tmpfs", target, per_mount & ~kmount.MS_RDONLY, "mode=755")
     finally:
         os.close(fd)
@@ -414,6 +449,7 @@ def run(cfg: InitConfig) -> NoReturn:
     try:
         reset_signals()
         os.setsid()
+        forbid_imports()  # from here on a lazy import would read the container's rootfs
         if spec.linux.namespace("mount") is not None:
             prepare_root(spec, cfg.rootfs)
             root_fd = os.open(cfg.rootfs, fsops.DIR_PATH_FLAGS)

@@ -92,7 +92,7 @@ def _cgroup_mounts(cgroup_path: str) -> tuple[tuple[init.CgroupMount, ...], tupl
         point = os.fspath(h.mountpoint)
         if point == CGROUP_ROOT:
             return (init.CgroupMount("", os.path.join(point, cgroup_path)),), ()
-        if point.startswith(CGROUP_ROOT + "/"):
+        if point.startswith(CGROUP_ROOT + "/") and os.path.isdir(os.path.join(point, cgroup_path)):
             mounts.append(init.CgroupMount(point[len(CGROUP_ROOT) + 1:], os.path.join(point, cgroup_path)))
     links = []
     with contextlib.suppress(OSError):
@@ -130,10 +130,11 @@ def _intermediate(cfg: init.InitConfig, cg: cgroups.Cgroup | None, join: Sequenc
 
 
 def _read_sync(fd: int) -> tuple[int, str | None]:
-    """Read the sync pipe until ``ready`` or ``error``; returns (init pid or 0, error text or None)."""
+    """Read the sync pipe until both ``pid`` and ``ready`` came, or ``error``; returns (init pid, error or None)."""
     buf = b""
     pid = 0
-    while True:
+    ready = False
+    while not (ready and pid):
         chunk = os.read(fd, 4096)
         if not chunk:
             return pid, "container init exited before it was ready"
@@ -142,11 +143,12 @@ def _read_sync(fd: int) -> tuple[int, str | None]:
             line, buf = buf.split(b"\n", 1)
             text = line.decode(errors="replace")
             if text.startswith("pid "):
-                pid = int(text[4:])
+                pid = int(text[4:])  # the intermediate and the init write concurrently: any order
             elif text == "ready":
-                return pid, None
+                ready = True
             elif text.startswith("error "):
                 return pid, text[6:]
+    return pid, None
 
 
 def create(container_id: str, bundle: str | os.PathLike[str], root: str | os.PathLike[str] = DEFAULT_ROOT, *,
@@ -334,7 +336,13 @@ def _wait_gone(fd: int, timeout: float) -> bool:
 def delete(container_id: str, root: str | os.PathLike[str] = DEFAULT_ROOT, *, force: bool = False) -> None:
     """Remove a stopped (or created) container: kill what is left, remove its cgroup and state."""
     states = StateDir(root)
-    st = states.load(container_id)
+    try:
+        st = states.load(container_id)
+    except Conflict:
+        if not force:
+            raise
+        states.remove(container_id)  # a creator that died before writing state.json left only its directory
+        return
     if st.status is Status.RUNNING and not force:
         raise Conflict(f"cannot delete container {container_id} that is not stopped: {st.status.value}")
     fd = _pidfd(st) if st.status is not Status.STOPPED else None

@@ -14,9 +14,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from berth.errors import InvalidArgument, NotFound
+from berth.errors import InternalError, InvalidArgument, NotFound
 from berth.kernel import caps as kcaps
-from berth.kernel import fsops
+from berth.kernel import cgroups, fsops
 from berth.oci.runtime_spec import Capabilities, Linux, Mount, Namespace, Process, Root, Spec, User, env_list
 from berth.runtime import seccomp_profile
 
@@ -66,7 +66,10 @@ def masked_paths() -> tuple[str, ...]:
 
 def cgroup_v2_host() -> bool:
     """A pure cgroup v2 host (Docker uses a private cgroup namespace only there)."""
-    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    try:
+        return cgroups.detect() == "v2"
+    except InternalError:  # no cgroup hierarchy mounted at all
+        return False
 
 
 def default_spec(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from berth.kernel.mount import unmount_under
+from berth.runtime.monitor_client import stop_monitor
 
 if TYPE_CHECKING:
     from berth.api.router import Router
@@ -222,6 +223,8 @@ class BerthDaemon:
         try:
             self.terminate()
         finally:
+            # the container monitor outlives berthd by design (live restore): a test run ends it by hand
+            stop_monitor(self.exec_root, kill_containers=True)
             for root in (self.data_root, self.exec_root):
                 unmount_under(root)
             if self._own_base:

@@ -1,0 +1,532 @@
+"""The container monitor: one long-lived, single-threaded process that starts containers and outlives berthd.
+
+berthd asks it (over a unix socket, one JSON request per connection) to start a container; the monitor creates
+and starts it through ``berth.runtime.linux`` (so no Python interpreter starts on the hot path: the monitor is
+already running with everything imported), holds the container's stdio (pipes, or the pty master received on a
+console socket), writes its json-file log, serves attach streams, and, as the child subreaper, reaps the init and
+records its exit status. Because it runs in its own session, a daemon restart (even SIGKILL) never kills a
+container; the new daemon reconnects and asks for the state of each one.
+
+Layout owned here (under ``<exec-root>/monitor/``)::
+
+    monitor.sock     the request socket (mode 0600)
+    monitor.pid      its PID
+    monitor.lock     held (flock) by the running monitor
+    <id>/exit.json   the exit status of a container that ended (written atomically)
+    <id>/console.sock  where a TTY container's init sends its pty master
+
+Requests (one JSON line; the answer is one JSON line, except ``attach`` and ``events``, which then stream):
+``ping``, ``start``, ``attach``, ``resize``, ``list``, ``events``, ``forget``, ``shutdown``.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import termios
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from berth.errors import BerthError, Conflict, InternalError, InvalidArgument, NotFound
+from berth.kernel import cgroups, ns
+from berth.runtime import jsonlog, linux
+from berth.runtime.state import StateDir
+
+log = logging.getLogger("berth.monitor")
+
+SOCKET = "monitor.sock"
+PIDFILE = "monitor.pid"
+LOCKFILE = "monitor.lock"   # flock held for life: one monitor per exec root
+EXIT_FILE = "exit.json"
+DRAIN_S = 2.0             # how long to wait for output after the init exited (daemonized children may hold it)
+READ_SIZE = 65536
+STDOUT, STDERR = 1, 2
+
+
+def monitor_dir(exec_root: Path) -> Path:
+    return exec_root / "monitor"
+
+
+def runtime_root(exec_root: Path) -> Path:
+    return exec_root / "runtime"
+
+
+def frame(stream: int, data: bytes) -> bytes:
+    """Docker's stdcopy frame: stream byte, three zero bytes, big-endian length, payload."""
+    return struct.pack(">BxxxI", stream, len(data)) + data
+
+
+@dataclass
+class Attached:
+    writer: asyncio.StreamWriter
+    streams: set[int]
+
+
+@dataclass
+class Session:
+    """One container as the monitor sees it: its stdio, its log, its attach clients, its exit status."""
+
+    id: str
+    tty: bool = False
+    stdin_once: bool = False
+    pid: int = 0
+    status: str = "new"                # new | running | exited
+    exit_code: int | None = None
+    oom_killed: bool = False
+    finished_at: float = 0.0
+    started_at: float = 0.0
+    cgroup_path: str = ""
+    stdin_fd: int | None = None        # write end of the container's stdin (or the pty master for a TTY)
+    out_fds: dict[int, int] = field(default_factory=dict)   # fd -> stream (1 stdout, 2 stderr)
+    pty_fd: int | None = None
+    log: jsonlog.JsonLogWriter | None = None
+    clients: list[Attached] = field(default_factory=list)
+    pending_stdin: bytearray = field(default_factory=bytearray)
+    stdin_closed: bool = False
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "pid": self.pid, "exit_code": self.exit_code,
+                "oom_killed": self.oom_killed, "finished_at": self.finished_at, "started_at": self.started_at}
+
+
+class Monitor:
+    def __init__(self, exec_root: Path) -> None:
+        self.dir = monitor_dir(exec_root)
+        self.runtime_root = runtime_root(exec_root)
+        self.sessions: dict[str, Session] = {}
+        self.by_pid: dict[int, Session] = {}
+        self.subscribers: list[asyncio.StreamWriter] = []
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            if not line:
+                return
+            req = json.loads(line)
+            op = req.get("op")
+            if op == "attach":
+                await self.attach(req, reader, writer)
+                return
+            if op == "events":
+                await self.events(writer)
+                return
+            handler = getattr(self, f"op_{op}", None)
+            if handler is None:
+                reply: dict[str, Any] = {"ok": False, "error": f"unknown op {op!r}"}
+            else:
+                try:
+                    reply = {"ok": True, **(handler(req) or {})}
+                except BerthError as e:
+                    reply = {"ok": False, "error": str(e), "kind": type(e).__name__}
+                except Exception as e:  # a bug must not take the monitor (and every container's stdio) down
+                    log.exception("op %s failed", op)
+                    reply = {"ok": False, "error": str(e) or type(e).__name__, "kind": "InternalError"}
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, ValueError) as e:
+            log.debug("request connection: %s", e)
+        finally:
+            if not writer.is_closing():
+                writer.close()
+
+    def op_ping(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid()}
+
+    def op_list(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"containers": {sid: s.public() for sid, s in self.sessions.items()}}
+
+    def op_forget(self, req: dict[str, Any]) -> None:
+        sid = str(req["id"])
+        s = self.sessions.get(sid)
+        if s is not None and s.status == "running":
+            raise Conflict(f"container {sid} is running")
+        self.sessions.pop(sid, None)
+        d = self.dir / sid
+        for name in (EXIT_FILE, "console.sock"):
+            with contextlib.suppress(OSError):
+                (d / name).unlink()
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+    def op_resize(self, req: dict[str, Any]) -> None:
+        s = self._session(str(req["id"]))
+        if s.pty_fd is None:
+            raise InvalidArgument("cannot resize a container without a TTY")
+        _set_winsize(s.pty_fd, int(req.get("h", 0)), int(req.get("w", 0)))
+
+    def op_shutdown(self, req: dict[str, Any]) -> None:
+        """Stop serving; with ``kill``, SIGKILL every container first (test teardown, uninstall)."""
+        if req.get("kill"):
+            for sid in StateDir(self.runtime_root).ids():
+                with contextlib.suppress(Exception):
+                    linux.delete(sid, self.runtime_root, force=True)
+        self.loop.call_later(0.05, self.stopping.set)
+
+    def _session(self, sid: str) -> Session:
+        s = self.sessions.get(sid)
+        if s is None:
+            raise NotFound(f"no such container in the monitor: {sid}")
+        return s
+
+    def op_start(self, req: dict[str, Any]) -> dict[str, Any]:
+        sid = str(req["id"])
+        s = self.sessions.get(sid)
+        if s is not None and s.status == "running":
+            raise Conflict(f"container {sid} is already running")
+        if s is None or s.status == "exited":
+            old = s
+            s = Session(sid)
+            if old is not None:
+                s.clients = old.clients
+            self.sessions[sid] = s
+        s.tty = bool(req.get("tty"))
+        s.stdin_once = bool(req.get("stdin_once"))
+        (self.dir / sid).mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(OSError):
+            (self.dir / sid / EXIT_FILE).unlink()
+        if req.get("log"):
+            max_size, max_file, compress = jsonlog.parse_log_opts(req.get("log_opts") or {})
+            s.log = jsonlog.JsonLogWriter(Path(req["log"]), max_size, max_file, compress)
+        with contextlib.suppress(NotFound):  # a stopped leftover from an earlier run of this container
+            linux.delete(sid, self.runtime_root, force=True)
+        child_fds: list[int] = []
+        try:
+            if s.tty:
+                pid = self._create_tty(s, req)
+            else:
+                stdio = self._pipes(s, bool(req.get("stdin")), child_fds)
+                pid = linux.create(sid, req["bundle"], self.runtime_root, stdio=stdio)
+        except BaseException:
+            self._close_stdio(s)
+            if s.log is not None:
+                s.log.close()
+            raise
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        s.pid = pid
+        s.cgroup_path = linux.state(sid, self.runtime_root).cgroup_path
+        self.by_pid[pid] = s
+        for fd, stream in s.out_fds.items():
+            self.loop.add_reader(fd, self._on_output, s, fd, stream)
+        try:
+            linux.start(sid, self.runtime_root)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                linux.delete(sid, self.runtime_root, force=True)
+            raise
+        s.status = "running"
+        s.started_at = time.time()
+        if s.pending_stdin:
+            self._write_stdin(s, bytes(s.pending_stdin))
+            s.pending_stdin.clear()
+        if s.stdin_closed:
+            self._close_stdin(s)
+        self._broadcast({"event": "start", **s.public()})
+        return {"pid": pid}
+
+    def _pipes(self, s: Session, with_stdin: bool, child_fds: list[int]) -> tuple[int, int, int]:
+        if with_stdin:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            s.stdin_fd = w
+            os.set_blocking(w, False)
+            child_fds.append(r)
+            stdin = r
+        else:
+            stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            child_fds.append(stdin)
+        outs = []
+        for stream in (STDOUT, STDERR):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(r, False)
+            s.out_fds[r] = stream
+            child_fds.append(w)
+            outs.append(w)
+        return stdin, outs[0], outs[1]
+
+    def _create_tty(self, s: Session, req: dict[str, Any]) -> int:
+        path = self.dir / s.id / "console.sock"
+        with contextlib.suppress(OSError):
+            path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(path))
+            listener.listen(1)
+            pid = linux.create(s.id, req["bundle"], self.runtime_root, console_socket=str(path))
+            listener.settimeout(5)
+            conn, _ = listener.accept()
+            with conn:
+                master = _recv_fd(conn)
+        finally:
+            listener.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+        os.set_blocking(master, False)
+        s.pty_fd = master
+        s.stdin_fd = master
+        s.out_fds[master] = STDOUT
+        h, w = (req.get("console_size") or [0, 0])[:2]
+        if h and w:
+            _set_winsize(master, int(h), int(w))
+        return pid
+
+    # --- output, input -----------------------------------------------------------------------------
+
+    def _on_output(self, s: Session, fd: int, stream: int) -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO on a pty master once the last slave fd closed
+            data = b""
+        if not data:
+            self.loop.remove_reader(fd)
+            s.out_fds.pop(fd, None)
+            if fd != s.pty_fd:
+                os.close(fd)
+            if not s.out_fds:
+                s.drained.set()
+            return
+        if s.log is not None:
+            s.log.write("stdout" if stream == STDOUT else "stderr", data)
+        chunk = data if s.tty else frame(stream, data)
+        for c in list(s.clients):
+            if stream in c.streams and not c.writer.is_closing():
+                c.writer.write(chunk)
+
+    def _write_stdin(self, s: Session, data: bytes) -> None:
+        if s.stdin_fd is None:
+            return
+        view = memoryview(data)
+        deadline = time.monotonic() + 5
+        while view:
+            try:
+                n = os.write(s.stdin_fd, view)
+                view = view[n:]
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log.warning("%s: stdin is full, dropping %d bytes", s.id, len(view))
+                    return
+                time.sleep(0.001)
+            except OSError:
+                return
+
+    def _close_stdin(self, s: Session) -> None:
+        if s.stdin_fd is not None and s.stdin_fd != s.pty_fd:
+            with contextlib.suppress(OSError):
+                os.close(s.stdin_fd)
+            s.stdin_fd = None
+
+    def _close_stdio(self, s: Session) -> None:
+        for fd in list(s.out_fds):
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        s.out_fds.clear()
+        self._close_stdin(s)
+        if s.pty_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(s.pty_fd)
+            s.pty_fd = s.stdin_fd = None
+
+    async def attach(self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sid = str(req["id"])
+        s = self.sessions.get(sid)
+        if s is None or s.status == "exited":
+            s = Session(sid, tty=bool(req.get("tty")))
+            self.sessions[sid] = s
+        streams = {n for n, key in ((STDOUT, "stdout"), (STDERR, "stderr")) if req.get(key)}
+        client = Attached(writer, streams)
+        s.clients.append(client)
+        writer.write(b'{"ok": true}\n')
+        await writer.drain()
+        try:
+            if req.get("stdin"):
+                while data := await reader.read(READ_SIZE):
+                    current = self.sessions.get(sid, s)
+                    if current.status == "running":
+                        self._write_stdin(current, data)
+                    else:
+                        current.pending_stdin += data
+                current = self.sessions.get(sid, s)
+                if current.stdin_once or not current.tty:
+                    if current.status == "running":
+                        self._close_stdin(current)
+                    else:
+                        current.stdin_closed = True
+            await self._closed(writer)
+        except ConnectionError:
+            pass
+        finally:
+            for sess in self.sessions.values():
+                if client in sess.clients:
+                    sess.clients.remove(client)
+            if not writer.is_closing():
+                writer.close()
+
+    @staticmethod
+    async def _closed(writer: asyncio.StreamWriter) -> None:
+        while not writer.is_closing():
+            await asyncio.sleep(0.05)
+
+    async def events(self, writer: asyncio.StreamWriter) -> None:
+        self.subscribers.append(writer)
+        writer.write(b'{"ok": true}\n')
+        try:
+            await self._closed(writer)
+        finally:
+            if writer in self.subscribers:
+                self.subscribers.remove(writer)
+
+    def _broadcast(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event).encode() + b"\n"
+        for w in list(self.subscribers):
+            if w.is_closing():
+                self.subscribers.remove(w)
+            else:
+                w.write(line)
+
+    # --- exits -------------------------------------------------------------------------------------
+
+    def on_sigchld(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            s = self.by_pid.pop(pid, None)
+            if s is not None:
+                self.loop.create_task(self._exited(s, linux.exit_code(status)))
+
+    async def _exited(self, s: Session, code: int) -> None:
+        s.finished_at = time.time()
+        s.exit_code = code
+        if s.cgroup_path:
+            with contextlib.suppress(Exception):
+                s.oom_killed = cgroups.open_cgroup(s.cgroup_path).oom_kill_count() > 0
+        if s.out_fds:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(s.drained.wait(), DRAIN_S)
+        self._close_stdio(s)
+        if s.log is not None:
+            s.log.flush()
+            s.log.close()
+            s.log = None
+        with contextlib.suppress(Exception):
+            linux.delete(s.id, self.runtime_root, force=True)
+        s.status = "exited"
+        _write_json(self.dir / s.id / EXIT_FILE, s.public())
+        for c in list(s.clients):
+            with contextlib.suppress(Exception):
+                await c.writer.drain()
+            c.writer.close()
+        s.clients.clear()
+        self._broadcast({"event": "exit", **s.public()})
+
+    def recover(self) -> None:
+        """After a monitor restart: containers whose init still runs are not ours to reap, but known."""
+        for sid in list_dirs(self.dir):
+            exit_file = self.dir / sid / EXIT_FILE
+            if exit_file.exists():
+                with contextlib.suppress(ValueError, OSError):
+                    doc = json.loads(exit_file.read_text())
+                    s = Session(sid, pid=doc.get("pid", 0), status="exited", exit_code=doc.get("exit_code"),
+                                oom_killed=bool(doc.get("oom_killed")), finished_at=doc.get("finished_at", 0.0),
+                                started_at=doc.get("started_at", 0.0))
+                    self.sessions[sid] = s
+
+
+def list_dirs(path: Path) -> list[str]:
+    try:
+        return [p.name for p in path.iterdir() if p.is_dir()]
+    except OSError:
+        return []
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _recv_fd(conn: socket.socket) -> int:
+    fds = array.array("i")
+    _msg, anc, _flags, _addr = conn.recvmsg(4096, socket.CMSG_SPACE(fds.itemsize))
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    if not fds:
+        raise InternalError("the container did not send its console")
+    return int(fds[0])
+
+
+def _set_winsize(fd: int, h: int, w: int) -> None:
+    if h > 0 and w > 0:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", h, w, 0, 0))
+
+
+async def serve(exec_root: Path) -> None:
+    mon = Monitor(exec_root)
+    mon.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = os.open(mon.dir / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("another monitor serves %s", mon.dir)
+        return
+    mon.recover()
+    ns.set_child_subreaper(True)
+    mon.loop.add_signal_handler(signal.SIGCHLD, mon.on_sigchld)
+    mon.loop.add_signal_handler(signal.SIGTERM, mon.stopping.set)
+    sock_path = mon.dir / SOCKET
+    with contextlib.suppress(OSError):
+        sock_path.unlink()
+    server = await asyncio.start_unix_server(mon.serve, path=str(sock_path))
+    os.chmod(sock_path, 0o600)
+    (mon.dir / PIDFILE).write_text(str(os.getpid()))
+    async with server:
+        await mon.stopping.wait()
+    with contextlib.suppress(OSError):
+        sock_path.unlink()
+    with contextlib.suppress(OSError):
+        (mon.dir / PIDFILE).unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(prog="berth-monitor", description=__doc__.splitlines()[0])
+    parser.add_argument("--exec-root", required=True)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s monitor %(levelname)s %(message)s")
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    asyncio.run(serve(Path(args.exec_root)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
