@@ -79,6 +79,7 @@ class Daemon:
     sock: Path
     proc: subprocess.Popen[bytes]
     log: Path
+    ready_s: float = 0.0  # seconds from exec to the first /_ping answer
     # The daemon was started in a session of its own, so its session ID is its PID; helpers it starts
     # without a new session of their own (dockerd's managed containerd) stay in it.
     session: int = field(init=False)
@@ -268,19 +269,21 @@ class Harness:
     def _start(self, name: str, root: Path, sock: Path, cmd: list[str], env: dict[str, str],
                timeout: float) -> Daemon:
         log = root / f"{name}.log"
+        started = time.monotonic()
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     env={**os.environ, **env}, start_new_session=True)
         daemon = Daemon(name, self.base, sock, proc, log)
         self.daemons.append(daemon)
-        deadline = time.monotonic() + timeout
+        deadline = started + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise HarnessError(f"{name} exited with {proc.returncode} before answering /_ping:\n"
                                    f"{daemon.log_tail()}")
             if sock.exists() and ping(sock):
+                daemon.ready_s = time.monotonic() - started
                 return daemon
-            time.sleep(0.05)
+            time.sleep(0.01)
         raise HarnessError(f"{name} did not answer /_ping within {timeout:.0f}s:\n{daemon.log_tail()}")
 
     def close(self) -> None:

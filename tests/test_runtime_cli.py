@@ -22,7 +22,8 @@ import pytest
 from berth.errors import InvalidArgument
 from berth.oci.runtime_spec import Rlimit, Spec
 from berth.runtime.cli import parse_signal
-from berth.runtime.spec import default_spec, resolve_user
+from berth.runtime.spec import default_spec
+from berth.runtime.users import resolve_user
 from berth.testing.bundle import Harness, runtime_command, unpack_busybox
 
 
@@ -274,10 +275,13 @@ def test_resolve_user_reads_the_image_files(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/app:/bin/sh\n")
     (tmp_path / "etc" / "group").write_text("root:x:0:\napp:x:1000:\nextra:x:2000:app\n")
-    assert resolve_user(tmp_path, "app") == (1000, 1000, (2000,))
-    assert resolve_user(tmp_path, "app:root") == (1000, 0, (2000,))
-    assert resolve_user(tmp_path, "4242:4243") == (4242, 4243, ())
+    def ids(user: str) -> tuple[int, int, tuple[int, ...]]:
+        u = resolve_user(tmp_path, user)
+        return u.uid, u.gid, u.additional_gids
+    assert ids("app") == (1000, 1000, (2000,))
+    assert ids("app:root") == (1000, 0, ())  # an explicit group replaces the supplementary ones (runc)
+    assert ids("4242:4243") == (4242, 4243, ())
     # a symlinked /etc/passwd pointing out of the root is resolved inside it
     (tmp_path / "etc" / "passwd").unlink()
     (tmp_path / "etc" / "passwd").symlink_to("/etc/shadow")
-    assert resolve_user(tmp_path, "0") == (0, 0, ())
+    assert ids("0") == (0, 0, ())

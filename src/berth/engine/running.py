@@ -138,13 +138,13 @@ class ContainerRunner:
 
     async def _start_locked(self, cid: str, name: str, doc: dict[str, Any]) -> None:
         await self._connect()
-        bundle = await asyncio.to_thread(self._prepare_bundle, cid, doc)
         host = doc["HostConfig"]
         log_type = host["LogConfig"]["Type"]
         doc["State"].update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
                              "OOMKilled": False, "Dead": False, "Pid": 0, "ExitCode": 0, "Error": "",
                              "StartedAt": now_rfc3339(), "FinishedAt": doc["State"].get("FinishedAt")})
-        await asyncio.to_thread(self.containers.db.update, cid, doc)
+        # one worker hop for the bundle and the record: each hop costs a thread wake-up on the hot path
+        bundle = await asyncio.to_thread(self._prepare_and_record, cid, doc)
         try:
             reply = await self.monitor.request(
                 "start", id=cid, bundle=str(bundle), tty=bool(doc["Config"].get("Tty")),
@@ -159,11 +159,21 @@ class ContainerRunner:
             await asyncio.to_thread(self.containers.db.update, cid, doc)
             await asyncio.to_thread(self._release_bundle, cid)
             raise InvalidArgument(message) if _exit_for(message) in (126, 127) else type(e)(message) from None
-        _, _, current = await asyncio.to_thread(self.containers.resolve, cid)
-        if current["State"]["Status"] == "running" and not current["State"]["Pid"]:
-            current["State"]["Pid"] = int(reply["pid"])
-            await asyncio.to_thread(self.containers.db.update, cid, current)
+        await asyncio.to_thread(self._record_pid, cid, int(reply["pid"]))
         self.containers.events.publish("container", "start", cid, self.containers.attributes(name, doc))
+
+    def _prepare_and_record(self, cid: str, doc: dict[str, Any]) -> Path:
+        bundle = self._prepare_bundle(cid, doc)
+        self.containers.db.update(cid, doc)
+        return bundle
+
+    def _record_pid(self, cid: str, pid: int) -> None:
+        """The init's PID, unless the container already exited (its exit event may come before the reply)."""
+        with contextlib.suppress(NotFound):
+            _, _, current = self.containers.resolve(cid)
+            if current["State"]["Status"] == "running" and not current["State"]["Pid"]:
+                current["State"]["Pid"] = pid
+                self.containers.db.update(cid, current)
 
     def _prepare_bundle(self, cid: str, doc: dict[str, Any]) -> Path:
         bundle = self.bundles / cid
@@ -190,10 +200,21 @@ class ContainerRunner:
     # --- exit, restart, auto-remove -------------------------------------------------------------------
 
     async def _apply_exit(self, cid: str, ev: dict[str, Any]) -> None:
-        try:
-            _, name, doc = await asyncio.to_thread(self.containers.resolve, cid)
-        except NotFound:
+        loop = asyncio.get_running_loop()
+        found = await asyncio.to_thread(self._record_exit, cid, ev, loop)
+        if found is None:
             return
+        doc, code, started = found
+        if not doc["HostConfig"].get("AutoRemove") and self._should_restart(cid, doc, code, started):
+            self._schedule_restart(cid)
+
+    def _record_exit(self, cid: str, ev: dict[str, Any],
+                     loop: asyncio.AbstractEventLoop) -> tuple[dict[str, Any], int, str] | None:
+        """Worker side of an exit, in one hop: the record, the bundle, the events, the waiters, ``--rm``."""
+        try:
+            _, name, doc = self.containers.resolve(cid)
+        except NotFound:
+            return None
         raw_code = ev.get("exit_code")
         code = 255 if raw_code is None else int(raw_code)
         oom = bool(ev.get("oom_killed"))
@@ -202,25 +223,23 @@ class ContainerRunner:
         doc["State"].update({"Status": "exited", "Running": False, "Paused": False, "Restarting": False,
                              "OOMKilled": oom, "Pid": 0, "ExitCode": code,
                              "FinishedAt": _rfc3339(float(finished))})
-        await asyncio.to_thread(self.containers.db.update, cid, doc)
-        await asyncio.to_thread(self._release_bundle, cid)
+        self.containers.db.update(cid, doc)
+        self._release_bundle(cid)
         attrs = self.containers.attributes(name, doc)
         if oom:
             self.containers.events.publish("container", "oom", cid, attrs)
         self.containers.events.publish("container", "die", cid, {**attrs, "exitCode": str(code)})
         waiters = self._waiters.get(cid)
         if waiters:
-            for fut in waiters.exit:
-                if not fut.done():
-                    fut.set_result({"StatusCode": code, "Error": None})
-            waiters.exit.clear()
-        host = doc["HostConfig"]
-        if host.get("AutoRemove"):
+            # taken here, before --rm's removal hands the remaining waiters a 0; an append racing the swap
+            # lands in the taken list, which is resolved with this exit too
+            exit_futs, waiters.exit = waiters.exit, []
+            # scheduled before the removal resolves the "removed" waiters (FIFO), which read the exit code
+            loop.call_soon_threadsafe(_resolve_all, exit_futs, {"StatusCode": code, "Error": None})
+        if doc["HostConfig"].get("AutoRemove"):
             with contextlib.suppress(BerthError):
-                await asyncio.to_thread(self.containers.remove, cid, True, False)
-            return
-        if self._should_restart(cid, doc, code, started):
-            self._schedule_restart(cid)
+                self.containers.remove(cid, True, False)
+        return doc, code, started
 
     def _restart_state(self, cid: str) -> _RestartState:
         return self._restart.setdefault(cid, _RestartState())
@@ -465,6 +484,11 @@ class ContainerRunner:
 def _resolve(fut: asyncio.Future[dict[str, Any]], value: dict[str, Any]) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+def _resolve_all(futs: list[asyncio.Future[dict[str, Any]]], value: dict[str, Any]) -> None:
+    for fut in futs:
+        _resolve(fut, value)
 
 
 def _rfc3339(ts: float) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import resource
 import select
@@ -34,6 +35,8 @@ from berth.runtime.state import DEFAULT_ROOT, EXEC_FIFO, State, StateDir, Status
 CGROUP_ROOT = "/sys/fs/cgroup"
 DEFAULT_CGROUP_PARENT = "berth-runtime"
 KILL_WAIT_S = 10.0
+SECCOMP_CACHE_SIZE = 32
+_seccomp_programs: dict[tuple[str, str], bytes] = {}
 
 # runc's AllowedDevices (libcontainer/specconv), appended after the spec's own rules like runc does
 RUNC_ALLOWED_DEVICES: tuple[dict[str, Any], ...] = (
@@ -84,6 +87,23 @@ def _rlimits(spec: Spec) -> tuple[tuple[int, int, int], ...]:
             soft = hard
         out.append((res, soft, hard))
     return tuple(out)
+
+
+def seccomp_program(section: dict[str, Any], machine: str | None = None) -> bytes:
+    """The compiled filter for an OCI seccomp section, cached per (section, machine) for a long-lived creator.
+
+    Compiling Docker's profile takes several ms; a monitor starting many containers compiles each profile
+    once (profiles differ only by the capabilities granted).
+    """
+    machine = machine or os.uname().machine
+    key = (json.dumps(section, sort_keys=True), machine)
+    program = _seccomp_programs.get(key)
+    if program is None:
+        program = kseccomp.compile_filter(section, machine)
+        if len(_seccomp_programs) >= SECCOMP_CACHE_SIZE:
+            _seccomp_programs.clear()
+        _seccomp_programs[key] = program
+    return program
 
 
 def _cgroup_mounts(cgroup_path: str) -> tuple[tuple[init.CgroupMount, ...], tuple[tuple[str, str], ...]]:
@@ -170,8 +190,11 @@ def create(container_id: str, bundle: str | os.PathLike[str], root: str | os.Pat
     rlimits = _rlimits(spec)
     cap_sets = None if spec.process.capabilities is None else kcaps.CapSets.from_oci(
         spec.process.capabilities.to_dict())
+    program = None
     if spec.linux.seccomp is not None:
-        kseccomp.compile_filter(spec.linux.seccomp, os.uname().machine)  # fail at create, not in the init
+        program = seccomp_program(spec.linux.seccomp)  # fail at create, not in the init
+        if spec.linux.seccomp.get("flags") or spec.linux.seccomp.get("listenerPath"):
+            program = None  # the init compiles and checks these itself (kseccomp.load)
     cgroup_path = spec.linux.cgroups_path.strip("/") or f"{DEFAULT_CGROUP_PARENT}/{container_id}"
 
     state_dir = states.reserve(container_id)
@@ -220,7 +243,7 @@ def create(container_id: str, bundle: str | os.PathLike[str], root: str | os.Pat
         opened.append(r)
         cfg = init.InitConfig(spec=spec, rootfs=rootfs, sync_fd=w, fifo_fd=fifo_fd, console_fd=console_fd,
                               cgroup_mounts=cg_mounts, cgroup_links=cg_links, rlimits=rlimits, caps=cap_sets,
-                              seccomp=spec.linux.seccomp)
+                              seccomp=spec.linux.seccomp, seccomp_program=program)
         ns.preload()
         child = os.fork()
         if child == 0:

@@ -16,7 +16,9 @@ Layout owned here (under ``<exec-root>/monitor/``)::
     <id>/console.sock  where a TTY container's init sends its pty master
 
 Requests (one JSON line; the answer is one JSON line, except ``attach`` and ``events``, which then stream):
-``ping``, ``start``, ``attach``, ``resize``, ``list``, ``events``, ``forget``, ``shutdown``.
+``ping``, ``start``, ``attach``, ``resize``, ``list``, ``events``, ``forget``, ``shutdown``, and for exec
+sessions (a process started in a running container through ``berth.runtime.exec``: its own id, stdio and
+attach clients, no log, no exit file) ``exec`` and ``session``; their exits are broadcast as ``exec_exit``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from typing import Any
 
 from berth.errors import BerthError, Conflict, InternalError, InvalidArgument, NotFound
 from berth.kernel import cgroups, ns
+from berth.oci.runtime_spec import Process
+from berth.runtime import exec as runtime_exec
 from berth.runtime import jsonlog, linux
 from berth.runtime.state import StateDir
 
@@ -95,6 +99,7 @@ class Session:
     pending_stdin: bytearray = field(default_factory=bytearray)
     stdin_closed: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    exec_of: str = ""                  # for an exec session: the container it runs in
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "pid": self.pid, "exit_code": self.exit_code,
@@ -286,6 +291,98 @@ class Monitor:
             _set_winsize(master, int(h), int(w))
         return pid
 
+    # --- exec sessions ----------------------------------------------------------------------------
+
+    def op_exec(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Start an exec session: ``id`` (the exec's), ``container``, ``process`` (OCI), ``tty``, ``stdin``,
+        ``console_size``. Attach to ``id`` first to miss no output; stdin written before this is delivered."""
+        sid, cid = str(req["id"]), str(req["container"])
+        process = Process.from_dict(req["process"])
+        s = self.sessions.get(sid)
+        if s is not None and s.status != "new":
+            raise Conflict(f"exec {sid} has already been started")
+        if s is None:
+            s = self.sessions[sid] = Session(sid)
+        s.exec_of = cid
+        s.tty = process.terminal
+        s.stdin_once = True  # dockerd's exec always closes the process's stdin at the client's EOF
+        h, w = (req.get("console_size") or [0, 0])[:2]
+        child_fds: list[int] = []
+        try:
+            if s.tty:
+                pid = self._exec_tty(s, cid, process, (int(h), int(w)))
+            else:
+                stdio = self._pipes(s, bool(req.get("stdin")), child_fds)
+                pid = runtime_exec.execute(cid, process, self.runtime_root, stdio=stdio)
+        except BaseException:
+            self._close_stdio(s)
+            self.sessions.pop(sid, None)
+            for c in s.clients:
+                c.writer.close()
+            raise
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        s.pid = pid
+        s.status = "running"
+        s.started_at = time.time()
+        self.by_pid[pid] = s
+        for fd, stream in s.out_fds.items():
+            self.loop.add_reader(fd, self._on_output, s, fd, stream)
+        if s.pending_stdin:
+            self._write_stdin(s, bytes(s.pending_stdin))
+            s.pending_stdin.clear()
+        if s.stdin_closed:
+            self._close_stdin(s)
+        return {"pid": pid}
+
+    def _exec_tty(self, s: Session, cid: str, process: Process, size: tuple[int, int]) -> int:
+        d = self.dir / s.id
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = d / "console.sock"
+        with contextlib.suppress(OSError):
+            path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(path))
+            listener.listen(1)
+            pid = runtime_exec.execute(cid, process, self.runtime_root, console_socket=str(path),
+                                       console_size=size)
+            listener.settimeout(5)
+            conn, _ = listener.accept()
+            with conn:
+                master = _recv_fd(conn)
+        finally:
+            listener.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        os.set_blocking(master, False)
+        s.pty_fd = master
+        s.stdin_fd = master
+        s.out_fds[master] = STDOUT
+        return pid
+
+    def op_session(self, req: dict[str, Any]) -> dict[str, Any]:
+        """One session's state (an exec's exit code once its attach streams ended)."""
+        return {"session": self._session(str(req["id"])).public()}
+
+    async def _exec_exited(self, s: Session, code: int) -> None:
+        s.finished_at = time.time()
+        s.exit_code = code
+        if s.out_fds:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(s.drained.wait(), DRAIN_S)
+        self._close_stdio(s)
+        s.status = "exited"  # before the clients see the end of their streams: they ask for the exit code next
+        for c in list(s.clients):
+            with contextlib.suppress(Exception):
+                await c.writer.drain()
+            c.writer.close()
+        s.clients.clear()
+        self._broadcast({"event": "exec_exit", "container": s.exec_of, **s.public()})
+
     # --- output, input -----------------------------------------------------------------------------
 
     def _on_output(self, s: Session, fd: int, stream: int) -> None:
@@ -415,7 +512,8 @@ class Monitor:
                 return
             s = self.by_pid.pop(pid, None)
             if s is not None:
-                self.loop.create_task(self._exited(s, linux.exit_code(status)))
+                ended = self._exec_exited if s.exec_of else self._exited
+                self.loop.create_task(ended(s, linux.exit_code(status)))
 
     async def _exited(self, s: Session, code: int) -> None:
         s.finished_at = time.time()
@@ -431,16 +529,18 @@ class Monitor:
             s.log.flush()
             s.log.close()
             s.log = None
-        with contextlib.suppress(Exception):
-            linux.delete(s.id, self.runtime_root, force=True)
         s.status = "exited"
         _write_json(self.dir / s.id / EXIT_FILE, s.public())
+        # the exit is told before the runtime state goes: deleting (cgroup removal) takes ms, and no request
+        # can slip in between (single thread, no await until the delete is done)
+        self._broadcast({"event": "exit", **s.public()})
+        with contextlib.suppress(Exception):
+            linux.delete(s.id, self.runtime_root, force=True)
         for c in list(s.clients):
             with contextlib.suppress(Exception):
                 await c.writer.drain()
             c.writer.close()
         s.clients.clear()
-        self._broadcast({"event": "exit", **s.public()})
 
     def recover(self) -> None:
         """After a monitor restart: containers whose init still runs are not ours to reap, but known."""
@@ -465,10 +565,9 @@ def list_dirs(path: Path) -> list[str]:
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
+    # atomic, not durable: the exec root does not outlive a reboot, and neither do the containers it describes
     with open(tmp, "w") as f:
         json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

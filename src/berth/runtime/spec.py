@@ -3,20 +3,19 @@
 :func:`default_spec` returns what Docker would hand runc for ``docker run IMAGE ARGS`` with no security
 options: the 14 default capabilities, private namespaces (cgroup namespace only on cgroup v2), the mounts,
 masked and read-only paths and device rules of shared/reference/security.md §2, and the seccomp profile
-equivalent to Docker's default. :func:`resolve_user` turns ``user[:group]`` into numbers from the image's own
-/etc/passwd and /etc/group, read as data through in-root resolution (never the host's ``pwd``/``grp``).
+equivalent to Docker's default. Users and groups are resolved from the image's own /etc/passwd and /etc/group,
+read as data through in-root resolution, by ``berth.runtime.users`` (never the host's ``pwd``/``grp``).
 """
 
 from __future__ import annotations
 
 import glob
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from berth.errors import InternalError, InvalidArgument, NotFound
+from berth.errors import InternalError
 from berth.kernel import caps as kcaps
-from berth.kernel import cgroups, fsops
+from berth.kernel import cgroups
 from berth.oci.runtime_spec import Capabilities, Linux, Mount, Namespace, Process, Root, Spec, User, env_list
 from berth.runtime import seccomp_profile
 
@@ -128,49 +127,3 @@ def default_spec(
             sysctl=all_sysctl,
         ),
     )
-
-
-def _read_in_root(root: str | os.PathLike[str], path: str) -> str:
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = fsops.open_in_root(root_fd, path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return ""
-    finally:
-        os.close(root_fd)
-    with os.fdopen(fd, "rb") as f:
-        return f.read(4 * 1024 * 1024).decode(errors="replace")
-
-
-def _table(text: str) -> list[list[str]]:
-    return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
-
-
-def resolve_user(root: str | os.PathLike[str], user: str) -> tuple[int, int, tuple[int, ...]]:
-    """``name``, ``uid``, ``name:group`` or ``uid:gid`` -> (uid, gid, supplementary gids) from the image's files."""
-    name, _, group = (user or "0").partition(":")
-    passwd = _table(_read_in_root(root, "/etc/passwd"))
-    groups = _table(_read_in_root(root, "/etc/group"))
-    entry = next((p for p in passwd if len(p) >= 4 and (p[0] == name or (name.isdigit() and p[2] == name))), None)
-    if entry is not None:
-        uid, gid, login = int(entry[2]), int(entry[3]), entry[0]
-    elif name.isdigit():
-        uid, gid, login = int(name), 0, ""
-    else:
-        raise NotFound(f"unable to find user {name}: no matching entries in passwd file")
-    if group:
-        g = next((x for x in groups if len(x) >= 3 and (x[0] == group or (group.isdigit() and x[2] == group))), None)
-        if g is not None:
-            gid = int(g[2])
-        elif group.isdigit():
-            gid = int(group)
-        else:
-            raise NotFound(f"unable to find group {group}: no matching entries in group file")
-    extra: list[int] = []
-    if login:
-        for g in groups:
-            if len(g) >= 4 and login in g[3].split(",") and g[2].isdigit() and int(g[2]) != gid:
-                extra.append(int(g[2]))
-    if uid >= 2**31 or gid >= 2**31:
-        raise InvalidArgument(f"uid/gid out of range for user {user}")
-    return uid, gid, tuple(extra)

@@ -1,0 +1,282 @@
+"""Benchmark: container start latency, engine memory per running container and ``ps -a`` latency, berthd vs dockerd.
+
+Both daemons run side by side (bench/harness.py) with the busybox fixture loaded into each (``docker load -i``).
+The same docker CLI drives both. dockerd runs with ``--bridge=none``, so every container of both engines is run
+with ``--network none`` (a fresh, empty network namespace) for fairness. Measured:
+
+* ``docker run --rm --network none busybox true``: wall time of the CLI, runs alternating between the daemons
+  after a few warm-up runs; bare ``runc run`` of the same rootfs (Debian's runc, the one dockerd uses) is the floor.
+* engine memory: N ``docker run -d --network none busybox sleep 3600`` containers, then the unique set size
+  (USS: Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of every engine process summed, divided by N.
+  Engine processes are the daemon and every process it started that is not inside a container (a process whose
+  PID namespace is not the host's belongs to a container): berthd + its monitor; dockerd + containerd + one
+  containerd-shim per container. Also the same figure for the idle daemon, and (total - idle) / N.
+* ``docker ps -a`` with those N containers present.
+* daemon start-up: seconds from exec to the first ``/_ping`` answer (harness ``Daemon.ready_s``).
+
+    .venv/bin/python bench/bench_run.py --with-docker --reps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness import TMP, Daemon, Harness, HarnessError, _descendants, _processes, docker_bindirs, orphans
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = "busybox:latest"
+RUN_ARGS = ("run", "--rm", "--network", "none", IMAGE, "true")
+
+
+def fixture() -> Path:
+    """The busybox ``docker save`` archive (berth.testing.rootfs.FIXTURES)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from berth.testing.rootfs import FIXTURES
+    return Path(FIXTURES) / "busybox-docker-save.tar"
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def docker_ok(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    done = daemon.docker(*args, check=False, timeout=120)
+    if done.returncode != 0:
+        raise HarnessError(f"{daemon.name}: docker {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
+    return done
+
+
+def remove_all(daemon: Daemon) -> None:
+    ids = daemon.docker("ps", "-aq", check=False).stdout.split()
+    if ids:
+        daemon.docker("rm", "-f", *ids, check=False, timeout=300)
+
+
+# --- the runc floor ------------------------------------------------------------------------------------------
+
+
+class RuncFloor:
+    """``runc run`` of the busybox rootfs with ``true``: what creating and running a container costs at least."""
+
+    def __init__(self, base: Path, archive: Path) -> None:
+        bindirs = docker_bindirs()
+        exe = next((d / "runc" for d in bindirs if (d / "runc").exists()), None)
+        self.runc = str(exe) if exe else "runc"
+        self.base = base / "runc"
+        self.bundle = self.base / "bundle"
+        self.state = self.base / "state"
+        rootfs = self.bundle / "rootfs"
+        rootfs.mkdir(parents=True)
+        with tarfile.open(archive) as outer:
+            manifest = json.load(outer.extractfile("manifest.json"))  # type: ignore[arg-type]
+            for layer in manifest[0]["Layers"]:
+                member = outer.extractfile(layer)
+                assert member is not None
+                with tarfile.open(fileobj=member) as inner:
+                    inner.extractall(rootfs, filter="fully_trusted")
+        subprocess.run([self.runc, "spec", "--bundle", str(self.bundle)], check=True, capture_output=True)
+        cfg = json.loads((self.bundle / "config.json").read_text())
+        cfg["process"]["terminal"] = False
+        cfg["process"]["args"] = ["true"]
+        cfg["root"]["readonly"] = False
+        (self.bundle / "config.json").write_text(json.dumps(cfg))
+        self.n = 0
+
+    def run(self) -> float:
+        self.n += 1
+        cid = f"berth-bench-{os.getpid()}-{self.n}"
+        cmd = [self.runc, "--root", str(self.state), "run", "--bundle", str(self.bundle), cid]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        elapsed = time.perf_counter() - start
+        if done.returncode != 0:
+            raise HarnessError(f"runc run failed: {done.stderr.decode(errors='replace').strip()}")
+        return elapsed
+
+
+# --- memory ----------------------------------------------------------------------------------------------------
+
+
+def _host_pidns() -> str:
+    return os.readlink("/proc/self/ns/pid")
+
+
+def _smaps(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[2] == "kB":
+                    out[parts[0].rstrip(":")] = int(parts[1])
+    except OSError:
+        pass
+    return out
+
+
+def engine_pids(daemon: Daemon, exclude: set[int]) -> list[int]:
+    """The daemon and the processes it started (also daemonized ones re-parented to us), minus containers.
+
+    ``exclude`` holds the other daemons' processes (the daemons themselves are our children in sessions of
+    their own, so they look like re-parented orphans too).
+    """
+    procs = _processes()
+    roots = [daemon.proc.pid] + [p.pid for p in orphans() if p.pid not in exclude]
+    pids: set[int] = set()
+    for root in roots:
+        pids.add(root)
+        pids.update(p.pid for p in _descendants(root, procs))
+    if daemon.name == "berthd":
+        pidfile = daemon.sock.parent / "exec" / "monitor" / "monitor.pid"
+        try:
+            mon = int(pidfile.read_text())
+            pids.add(mon)
+            pids.update(p.pid for p in _descendants(mon, procs))
+        except (OSError, ValueError):
+            pass
+    host = _host_pidns()
+    keep = []
+    for pid in sorted(pids - exclude):
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") != host:
+                continue  # a container's process
+        except OSError:
+            continue
+        keep.append(pid)
+    return keep
+
+
+def memory(daemon: Daemon, exclude: set[int]) -> dict[str, Any]:
+    """USS and PSS (KiB) summed over the engine's processes."""
+    pids = engine_pids(daemon, exclude)
+    uss = pss = 0
+    for pid in pids:
+        m = _smaps(pid)
+        uss += m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)
+        pss += m.get("Pss", 0)
+    return {"processes": len(pids), "uss_kib": uss, "pss_kib": pss}
+
+
+# --- main ------------------------------------------------------------------------------------------------------
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--with-docker", action="store_true", help="also measure a real dockerd (and the runc floor)")
+    ap.add_argument("--no-berth", action="store_true", help="measure only dockerd (harness check)")
+    ap.add_argument("--reps", type=int, default=20, help="timed `docker run` per daemon")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--containers", type=int, default=20, help="N sleeping containers for memory and ps -a")
+    ap.add_argument("--ps-reps", type=int, default=10)
+    ap.add_argument("--no-runc", action="store_true", help="skip the bare runc floor")
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--tmp", type=Path, default=TMP)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    if args.no_berth and not args.with_docker:
+        ap.error("nothing to measure")
+    archive = fixture()
+    results: dict[str, Any] = {"run_s": {}, "ps_s": {}, "memory": {}, "ready_s": {}, "versions": {}}
+
+    with Harness(keep=args.keep, tmp=args.tmp) as h:
+        daemons: list[Daemon] = []
+        if not args.no_berth:
+            daemons.append(h.berthd())
+        if args.with_docker:
+            daemons.append(h.dockerd())
+        floor = RuncFloor(h.base, archive) if args.with_docker and not args.no_runc else None
+        # processes that are not any daemon's: this script's own children (none expected), by PID
+        for d in daemons:
+            results["ready_s"][d.name] = d.ready_s
+            results["versions"][d.name] = str(d.version().get("Version", "?"))
+            docker_ok(d, "load", "-i", str(archive))
+        try:
+            # --- docker run --rm ... true
+            for d in daemons:
+                results["run_s"][d.name] = []
+                for _ in range(args.warmup):
+                    docker_ok(d, *RUN_ARGS)
+            if floor is not None:
+                results["run_s"]["runc"] = []
+                for _ in range(args.warmup):
+                    floor.run()
+            for rep in range(args.reps):
+                for d in daemons:
+                    t = timed(lambda d=d: docker_ok(d, *RUN_ARGS))  # type: ignore[misc]
+                    results["run_s"][d.name].append(t)
+                if floor is not None:
+                    results["run_s"]["runc"].append(floor.run())
+                line = "  ".join(f"{k} {v[-1]:.3f}s" for k, v in results["run_s"].items())
+                print(f"  run {rep + 1}/{args.reps}  {line}", file=sys.stderr)
+
+            # --- memory and ps -a: one engine at a time, so re-parented helpers are the current one's
+            for d in daemons:
+                daemon_pids = {o.proc.pid for o in daemons}
+                others: set[int] = set()
+                for o in daemons:
+                    if o is not d:
+                        others |= set(engine_pids(o, daemon_pids - {o.proc.pid}))
+                idle = memory(d, others)
+                for _ in range(args.containers):
+                    docker_ok(d, "run", "-d", "--network", "none", IMAGE, "sleep", "3600")
+                time.sleep(1.0)  # let start-up garbage settle (dockerd's shims, Python's allocator)
+                busy = memory(d, others)
+                ps = [timed(lambda d=d: docker_ok(d, "ps", "-a")) for _ in range(args.ps_reps)]  # type: ignore[misc]
+                n = args.containers
+                results["memory"][d.name] = {"idle": idle, "busy": busy, "containers": n,
+                                             "per_container_kib": busy["uss_kib"] / n,
+                                             "delta_per_container_kib": (busy["uss_kib"] - idle["uss_kib"]) / n}
+                results["ps_s"][d.name] = ps
+                print(f"  {d.name}: {n} containers, engine USS {busy['uss_kib'] / 1024:.1f} MiB in "
+                      f"{busy['processes']} processes; ps -a {median(ps):.3f}s", file=sys.stderr)
+                remove_all(d)
+        finally:
+            for d in daemons:
+                remove_all(d)
+
+    print(f"\ndocker run --rm --network none busybox true: {args.reps} runs each after {args.warmup} warm-up")
+    print(f"{'engine':8s} {'version':12s} {'median':>8s} {'min':>8s} {'max':>8s}")
+    med = {}
+    for name, times in results["run_s"].items():
+        med[name] = median(times)
+        version = results["versions"].get(name, "(floor)")
+        print(f"{name:8s} {version:12s} {med[name]:7.3f}s {min(times):7.3f}s {max(times):7.3f}s")
+    if "berthd" in med and "dockerd" in med:
+        print(f"ratio dockerd/berthd = {med['dockerd'] / med['berthd']:.2f}")
+    if "berthd" in med and "runc" in med:
+        print(f"berthd - runc floor = {(med['berthd'] - med['runc']) * 1000:.0f} ms")
+    print(f"\nengine memory with {args.containers} running containers (USS of all engine processes)")
+    print(f"{'engine':8s} {'procs':>5s} {'idle MiB':>9s} {'total MiB':>10s} {'MiB/ctr':>8s} {'Δ MiB/ctr':>10s} "
+          f"{'ps -a':>8s} {'ready':>7s}")
+    for name, m in results["memory"].items():
+        print(f"{name:8s} {m['busy']['processes']:5d} {m['idle']['uss_kib'] / 1024:9.1f} "
+              f"{m['busy']['uss_kib'] / 1024:10.1f} {m['per_container_kib'] / 1024:8.2f} "
+              f"{m['delta_per_container_kib'] / 1024:10.2f} {median(results['ps_s'][name]):7.3f}s "
+              f"{results['ready_s'][name]:6.2f}s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except HarnessError as e:
+        print(f"bench_run: {e}", file=sys.stderr)
+        sys.exit(1)
