@@ -221,8 +221,6 @@ def test_hostile_layer_through_docker_load(key: str, host: BerthDaemon, tmp_path
     load_recipe(host, key, tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="snapshots.base.tree_size/remove_tree walk by path: ENAMETOOLONG and "
-                   "RecursionError on a tree deeper than PATH_MAX (needs fd-relative walks)")
 def test_deep_tree_through_docker_load(tmp_path: Path) -> None:
     """T25c on a daemon of its own: while the bug stands, it leaves a tree that only fd-relative removal clears."""
     daemon = BerthDaemon()

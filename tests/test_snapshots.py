@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from berth.errors import Conflict, InvalidArgument, NotFound
+from berth.kernel import fsops
 from berth.kernel import mount as km
 from berth.kernel.mount import Mount
 from berth.snapshots.base import Kind, LocalSnapshotter, Snapshotter, open_snapshotter
@@ -316,7 +316,7 @@ def _crash_in_child(sn: LocalSnapshotter, step: str, op: str, *args: str) -> Non
             if step == "rename":
                 os.rename = lambda *a, **k: os._exit(17)
             elif step == "rmtree":
-                shutil.rmtree = lambda *a, **k: os._exit(17)  # type: ignore[assignment]
+                fsops.remove_at = lambda *a, **k: os._exit(17)
             getattr(child, op)(*args)
         finally:
             os._exit(1)

@@ -24,10 +24,8 @@ directory without a row is garbage, which :meth:`LocalSnapshotter.cleanup` remov
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import shutil
 import sqlite3
 import stat
 import threading
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Protocol
 
 from berth.errors import Conflict, InvalidArgument, NotFound
+from berth.kernel import fsops
 from berth.kernel.mount import Mount
 
 _ROOT_MODE = 0o700
@@ -113,42 +112,46 @@ def _not_found(key: str) -> NotFound:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a snapshot directory whatever its modes (image layers carry 0000 dirs)."""
-
-    def retry(func: object, p: str, _exc: object) -> None:
-        with contextlib.suppress(OSError):
-            parent = os.path.dirname(p)
-            os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                os.unlink(p)
-
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=retry)
+    """Remove a snapshot directory whatever its depth and modes, never following a symlink (fd-relative walk)."""
+    parent = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fsops.remove_at(parent, os.path.basename(path))
+    finally:
+        os.close(parent)
 
 
 def tree_size(path: Path) -> int:
-    """Apparent bytes under ``path``, each inode once, directories not counted (Docker's SizeRw rule)."""
+    """Apparent bytes under ``path``, each inode once, directories not counted (Docker's SizeRw rule).
+
+    Walks by directory fd, so trees deeper than PATH_MAX (hostile layers) are measured too.
+    """
     seen: set[int] = set()
     total = 0
-    stack = [os.fspath(path)]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except FileNotFoundError:
-            continue
-        with it:
-            for entry in it:
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
-                    continue
-                if st.st_size == 0 or st.st_ino in seen:
-                    continue
+    try:
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    stack: list[tuple[int, Iterator[os.DirEntry[str]]]] = [(top, os.scandir(top))]
+    try:
+        while stack:
+            fd, it = stack[-1]
+            entry = next(it, None)
+            if entry is None:
+                stack.pop()
+                it.close()  # type: ignore[attr-defined]
+                os.close(fd)
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                stack.append((sub, os.scandir(sub)))
+            elif st.st_size and st.st_ino not in seen:
                 seen.add(st.st_ino)
                 total += st.st_size
+    finally:
+        for fd, it in stack:
+            it.close()  # type: ignore[attr-defined]
+            os.close(fd)
     return total
 
 
