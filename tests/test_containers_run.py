@@ -146,3 +146,18 @@ def test_tty_run(daemon: Any) -> None:
     res = subprocess.run(cmd, env=daemon.docker_env(), capture_output=True, timeout=60, input=b"")
     out = res.stdout.decode(errors="replace")
     assert "/dev/pts/0" in out, out
+
+
+def test_logs(daemon: Any) -> None:
+    daemon.docker("run", "--name", "talker", "busybox", "sh", "-c", "echo one; echo two >&2; echo three")
+    res = daemon.docker("logs", "talker")
+    assert res.stdout == "one\nthree\n" and res.stderr == "two\n"
+    tail = daemon.docker("logs", "--tail", "1", "talker")
+    assert tail.stdout + tail.stderr in ("three\n", "two\n")  # two pipes: their relative order is not fixed
+    stamped = daemon.docker("logs", "-t", "talker").stdout.splitlines()
+    assert stamped[0].endswith(" one") and stamped[0][:4].isdigit()
+    daemon.docker("rm", "talker")
+    cid = daemon.docker("run", "-d", "busybox", "sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.2; done").stdout
+    assert daemon.docker("logs", "-f", cid.strip(), timeout=20).stdout == "1\n2\n3\n"
+    res = daemon.docker("run", "--rm", "--log-opt", "max-size=nope", "busybox", "true", check=False)
+    assert res.returncode == 125 and "invalid size: 'nope'" in res.stderr

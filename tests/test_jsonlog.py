@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from berth.api.http import Request, Response, json_response
 from berth.api.router import Router
 from berth.api.routes import logs as logs_routes
 from berth.engine.logs import MULTIPLEXED, RAW, LogService, LogStream, parse_log_time, parse_tail
@@ -105,7 +106,8 @@ def test_escaping_is_gos_and_bad_utf8_becomes_one_replacement_char_per_byte(log:
     w.write("stdout", b"bad \xff \xe2\x82 end\n", ts=T0)
     w.close()
     raw = log.read_bytes().splitlines()
-    assert raw[0].startswith(b'{"log":"\\u003ca\\u0026b\\u003e\\u0009\\u0001\\"\\\\ ' + "é €".encode() + b"\\u2028\\n\"")
+    escaped = b'\\u003ca\\u0026b\\u003e\\u0009\\u0001\\"\\\\ ' + "é €".encode() + b"\\u2028\\n"
+    assert raw[0].startswith(b'{"log":"' + escaped + b'"')
     assert json.loads(raw[1])["log"] == "bad \ufffd \ufffd\ufffd end\n"
     read = list(read_entries(log))
     assert read[0].data == '<a&b>\t\x01"\\ é €\u2028\n'.encode()
@@ -456,7 +458,7 @@ def test_query_parsing() -> None:
     assert parse_log_time("1704067200") == T0
     assert parse_log_time("1704067200.5") == T0 + 0.5
     assert parse_log_time("1704067200.000000000") == T0
-    with pytest.raises(InvalidArgument, match='strconv.ParseInt: parsing "10m": invalid syntax'):
+    with pytest.raises(InvalidArgument, match=r'strconv\.ParseInt: parsing "10m": invalid syntax'):
         parse_log_time("10m")
     assert parse_tail("all") is None
     assert parse_tail("5") == 5
@@ -501,3 +503,29 @@ def test_route_errors_are_plain_responses(api: tuple[ServerThread, FakeContainer
     assert (status, json.loads(body)["message"]) == (404, "No such container: nope")
     status, _, body = request(server.http(10), "GET", "/v1.44/containers/x/logs?stdout=1&since=yesterday")
     assert status == 400
+
+
+@pytest.mark.docker_cli
+def test_real_docker_cli_reads_and_demultiplexes_the_logs(tmp_path: Path) -> None:
+    fake = FakeContainers(tmp_path)
+    _seed(fake)
+    router = Router()
+    logs_routes.register(router)
+
+    @router.route("GET", "/containers/{name}/json")
+    async def inspect(req: Request, engine: Any, name: str) -> Response:
+        cid, _, doc = fake.resolve(name)
+        return json_response({"Id": cid, "Name": "/x", "Config": doc["Config"], "State": {"Running": False}})
+
+    engine = SimpleNamespace(logs=LogService(fake))
+    with ServerThread(router, engine) as server:  # type: ignore[arg-type]
+        res = server.docker("logs", "x")
+        assert (res.stdout, res.stderr) == ("out 1\nout 3\n", "err 2\n")
+        res = server.docker("logs", "-t", "--tail", "1", "x")
+        assert res.stdout == "2024-01-01T00:00:02.000000000Z out 3\n"
+        res = server.docker("logs", "--until", "2024-01-01T00:00:01Z", "x")
+        assert (res.stdout, res.stderr) == ("out 1\n", "")
+        res = server.docker("logs", "-f", "--since", "2024-01-01T00:00:01Z", "x", timeout=10)
+        assert (res.stdout, res.stderr) == ("out 3\n", "err 2\n")
+        fake.doc["Config"]["Tty"] = True
+        assert server.docker("logs", "x").stdout == "out 1\nerr 2\nout 3\n"

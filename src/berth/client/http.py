@@ -213,6 +213,11 @@ class Client:
     def head(self, path: str, params: Mapping[str, ParamValue] | None = None, **kw: Any) -> Response:
         return self.request("HEAD", path, params, **kw)
 
+    def hijack(self, path: str, params: Mapping[str, ParamValue] | None = None, json: Any = None) -> Hijacked:
+        """POST with ``Upgrade: tcp`` (attach, exec start); after ``101`` the socket is the caller's.
+        An error answer becomes a berth.errors kind like any other request."""
+        return _hijack(self, "POST", path, params, json)
+
     def request(
         self,
         method: str,
@@ -346,3 +351,122 @@ def _query(params: Mapping[str, ParamValue] | None) -> str:
 def quote_name(name: str) -> str:
     """An image or container name for a path segment; slashes and colons stay as docker sends them."""
     return urllib.parse.quote(name, safe="/:@")
+
+
+class Hijacked:
+    """A connection taken over after ``101 UPGRADED``: raw bytes both ways (stdcopy frames unless a TTY).
+
+    ``buffered`` holds stream bytes that arrived in the same read as the response headers; ``read`` yields
+    them first.
+    """
+
+    def __init__(self, sock: socket.socket, buffered: bytes, headers: Mapping[str, str]) -> None:
+        self.sock = sock
+        self.headers = headers
+        self._buffered = buffered
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+    def read(self, size: int = 1 << 16) -> bytes:
+        """The next bytes from the daemon; ``b""`` at end of stream."""
+        if self._buffered:
+            data, self._buffered = self._buffered, b""
+            return data
+        try:
+            return self.sock.recv(size)
+        except (ConnectionResetError, OSError):
+            return b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close_write(self) -> None:
+        """Half-close: the daemon sees stdin EOF but keeps sending output."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> Hijacked:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _hijack(client: Client, method: str, path: str, params: Mapping[str, ParamValue] | None,
+            json: Any) -> Hijacked:
+    """Send one request with ``Connection: Upgrade``/``Upgrade: tcp`` and take over the socket after the 101."""
+    body = b"" if json is None else _json.dumps(json).encode()
+    ctype = "text/plain" if json is None else "application/json"
+    url = client._prefix + path + _query(params)
+    head = (f"{method} {url} HTTP/1.1\r\nHost: api.moby.localhost\r\nUser-Agent: {USER_AGENT}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: Upgrade\r\nContent-Type: {ctype}\r\nUpgrade: tcp\r\n\r\n")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(client._path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonUnreachable(client._cannot_connect()) from None
+        except OSError as exc:
+            raise DaemonUnreachable(f"error during connect: {client.host}: {exc.strerror or exc}") from None
+        sock.sendall(head.encode() + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise Unavailable(f"error during connect: {method} {url}: EOF before the response headers")
+            data += chunk
+        block, _, rest = data.partition(b"\r\n\r\n")
+        lines = block.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+        if status >= 400:
+            raise _hijack_error(sock, status, headers, rest)
+        if status != 101:
+            raise Unavailable(f"unable to upgrade to tcp, received {status}")
+        return Hijacked(sock, rest, headers)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _hijack_error(sock: socket.socket, status: int, headers: Mapping[str, str], rest: bytes) -> BerthError:
+    length = int(headers.get("content-length", "0") or 0)
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        length = -1
+    while length < 0 or len(rest) < length:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        rest += chunk
+    if length < 0:
+        rest = _dechunk(rest)
+    message = ""
+    try:
+        decoded = _json.loads(rest[:length] if length >= 0 else rest)
+        if isinstance(decoded, dict) and isinstance(decoded.get("message"), str):
+            message = decoded["message"]
+    except ValueError:
+        message = rest.decode("utf-8", "replace").strip()
+    return error_for(status, message or f"unable to upgrade to tcp, received {status}")
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2:]
+    return out

@@ -7,7 +7,8 @@ It owns the top level of the data root (each store owns the layout below its own
       containers/   per-container files: hostname, hosts, resolv.conf, logs (berth.engine.containers)
       content/      the content store (berth.content.store)
       snapshots/    the snapshotter (berth.snapshots)
-      tmp/          scratch mount points for layer extraction (berth.images.store)
+      tmp/          scratch mount points for layer extraction (berth.images.store), for cp/export of stopped
+                    containers (berth.engine.archive), and commit's layer files (berth.engine.commit)
       bootstrap/    cached Debian packages for base images (berth.images.bootstrap)
 """
 
@@ -18,12 +19,16 @@ import os
 
 from berth.content.store import ContentStore
 from berth.daemon.config import DaemonConfig
+from berth.engine.archive import ArchiveService
+from berth.engine.commit import CommitService
 from berth.engine.containers import ContainerPaths, ContainerService
 from berth.engine.events import EventBus
+from berth.engine.execs import ExecService
 from berth.engine.images import ImageService
 from berth.engine.logs import LogService
 from berth.engine.running import ContainerRunner
 from berth.engine.services import Engine
+from berth.engine.stats import StatsService
 from berth.engine.system import SystemService
 from berth.images.store import ImageStore
 from berth.metadata.containers import ContainerDB
@@ -74,9 +79,12 @@ def build_engine(config: DaemonConfig) -> Engine:
     images.image_users = containers.image_users
     runner = ContainerRunner(containers, config.exec_root, init_path=find_init(),
                              monitor_log=config.exec_root / "monitor.log")
+    archive = ArchiveService(containers, runner.bundles, config.data_root / "tmp")
+    commits = CommitService(containers, images.store, archive, config.data_root / "tmp", runner.runtime_root)
     log.debug("engine built: storage driver %s", driver)
     return Engine(events=events, system=system, images=images, containers=containers, runner=runner,
-                  logs=LogService(containers))
+                  logs=LogService(containers), execs=ExecService(containers, runner),
+                  stats=StatsService(containers, runner.runtime_root), archive=archive, commits=commits)
 
 
 def start_engine(engine: Engine) -> None:

@@ -26,11 +26,13 @@ from berth.images.store import ImageStore
 from berth.metadata.containers import ContainerDB
 from berth.oci.digest import is_hex_id
 from berth.oci.reference import parse_tagged
+from berth.runtime import jsonlog
 from berth.snapshots.base import Snapshotter
 from berth.units import human_duration
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+LOG_DRIVERS = {"json-file", "local", "none"}
 RESTART_POLICIES = {"", "no", "always", "unless-stopped", "on-failure"}
 CONTAINER_FILTERS = {
     "id",
@@ -663,6 +665,11 @@ def validate(config: dict[str, Any], host: dict[str, Any]) -> None:
         raise InvalidArgument("can't create 'AutoRemove' container with restart policy")
     if config.get("StopSignal"):
         parse_signal(str(config["StopSignal"]))
+    log_config = host["LogConfig"]
+    if log_config["Type"] not in LOG_DRIVERS:
+        raise InvalidArgument(f"logger: no log driver named '{log_config['Type']}' is registered")
+    if log_config["Type"] != "none":
+        jsonlog.parse_log_opts(log_config.get("Config") or {})
     oom = host.get("OomScoreAdj") or 0
     if not -1000 <= int(oom) <= 1000:
         raise InvalidArgument(f"Invalid value {oom}, range for oom score adj is [-1000, 1000]")

@@ -27,6 +27,7 @@ from berth.engine.containers import ContainerService
 from berth.engine.running import DEFAULT_DETACH_KEYS, ContainerRunner, _scan_detach, parse_detach_keys
 from berth.engine.spec import all_capabilities, environment, working_dir
 from berth.errors import BerthError, Conflict, InternalError, InvalidArgument, NotFound
+from berth.kernel import caps as kcaps
 from berth.oci.runtime_spec import Capabilities, Process, User
 from berth.runtime.linux import load_spec
 from berth.runtime.monitor import frame
@@ -155,8 +156,11 @@ class ExecService:
     def inspect(self, eid: str) -> dict[str, Any]:
         """``GET /exec/{id}/json``."""
         ex = self._get(eid)
-        if not self.containers.db.exists(ex.container_id) if hasattr(self.containers.db, "exists") else False:
-            raise NotFound(f"No such exec instance: {eid}")
+        try:
+            self.containers.db.get(ex.container_id)
+        except NotFound:  # the container was removed: so are its execs
+            self.execs.pop(eid, None)
+            raise NotFound(f"No such exec instance: {eid}") from None
         return ex.inspect()
 
     def ids(self, cid: str) -> list[str]:
@@ -274,7 +278,8 @@ class ExecService:
                            "Env": list(config.get("Env") or []) + list(ex.env)}, who)
         caps = base.capabilities
         if ex.privileged:
-            every = tuple(all_capabilities())
+            bounding = kcaps.current()["CapBnd"]  # a daemon without some capability cannot hand it on
+            every = tuple(c for c in all_capabilities() if bounding >> kcaps.CAPS[c] & 1)
             caps = Capabilities(bounding=every, effective=every, permitted=every)
         return Process(args=ex.cmd, env=env, cwd=ex.working_dir or working_dir(config), terminal=ex.tty,
                        user=user, capabilities=caps, rlimits=base.rlimits,
@@ -374,10 +379,8 @@ def _check_running(ref: str, cid: str, doc: dict[str, Any]) -> None:
 
 
 def _size(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        if value[0] > 0 and value[1] > 0:
-            return int(value[0]), int(value[1])
-    return None
+    ok = isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)
+    return (int(value[0]), int(value[1])) if ok else None
 
 
 def _start_error(message: str) -> BerthError:

@@ -6,11 +6,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from berth.engine.archive import ArchiveService
+    from berth.engine.commit import CommitService
     from berth.engine.containers import ContainerService
     from berth.engine.events import EventBus
+    from berth.engine.execs import ExecService
     from berth.engine.images import ImageService
     from berth.engine.logs import LogService
     from berth.engine.running import ContainerRunner
+    from berth.engine.stats import StatsService
     from berth.engine.system import SystemService
 
 
@@ -24,3 +28,7 @@ class Engine:
     containers: ContainerService
     runner: ContainerRunner
     logs: LogService
+    execs: ExecService | None = None
+    stats: StatsService | None = None
+    archive: ArchiveService | None = None
+    commits: CommitService | None = None

@@ -473,10 +473,11 @@ class LogReader:
         self._live_ino: int | None = None
         self._pending = b""
         self._held: list[IO[bytes]] = []  # rotated files opened for the backlog, closed with the reader
+        # the newest file whose lines are queued or being read: the next rotated file to read comes after it
+        self._seen_ino: int | None = None
         end = os.fstat(self._live.fileno()).st_size if self._reopen() and self._live is not None else 0
         # opened after the live file: if that was rotated meanwhile, only what is older than it is backlog
-        rotated = _open_rotated(path, lambda listing: _between(listing, None, self._live_ino))
-        self._held += rotated
+        rotated = self._open_missed()
         self._backlog: Iterator[bytes]
         if tail is None:
             self._backlog = (line for f in rotated for line in _file_lines(f))
@@ -553,8 +554,12 @@ class LogReader:
         return self._read_live(budget)
 
     def _read_live(self, budget: int) -> list[bytes]:
-        if self._live is None and not self._reopen():
-            return []
+        if self._live is None:
+            if not self._reopen():
+                return []
+            # files rotated while there was no live file to hold on to come first
+            self._backlog = _chain((line for f in self._open_missed() for line in _file_lines(f)), self._backlog)
+            return self._next_lines(budget)
         assert self._live is not None
         data = self._live.read(budget)
         if not data:
@@ -592,18 +597,32 @@ class LogReader:
             return False
         # the writer never writes a file again once it renamed it, so what is left of ours is all there is
         rest = self._live.read()
-        old_ino = self._live_ino
         self._live.close()
         self._live = None
         tail = self._pending + rest
         # the new live file first, then the files rotated between the old one and it (several rotations
         # may have happened since the last look); anything rotated later is found on the next rotation
         self._reopen()
-        missed = _open_rotated(self.path, lambda listing: _between(listing, old_ino, self._live_ino))
-        self._held += missed
+        missed = self._open_missed()
         self._backlog = _chain(_split_lines(tail[: tail.rfind(b"\n") + 1]),
                                (line for f in missed for line in _file_lines(f)), self._backlog)
         return True
+
+    def _open_missed(self) -> list[IO[bytes]]:
+        """Open the rotated files between the newest one accounted for and the live file, and account for them."""
+        found: list[_Rotated] = []
+
+        def pick(listing: list[_Rotated]) -> list[_Rotated]:
+            found[:] = _between(listing, self._seen_ino, self._live_ino)
+            return found
+
+        files = _open_rotated(self.path, pick)
+        self._held += files
+        if self._live_ino is not None:
+            self._seen_ino = self._live_ino
+        elif found:
+            self._seen_ino = found[-1].ino
+        return files
 
 
 def _between(listing: list[_Rotated], older: int | None, newer: int | None) -> list[_Rotated]:
