@@ -161,3 +161,29 @@ def test_logs(daemon: Any) -> None:
     assert daemon.docker("logs", "-f", cid.strip(), timeout=20).stdout == "1\n2\n3\n"
     res = daemon.docker("run", "--rm", "--log-opt", "max-size=nope", "busybox", "true", check=False)
     assert res.returncode == 125 and "invalid size: 'nope'" in res.stderr
+
+
+def test_pause_unpause_restart(daemon: Any) -> None:
+    daemon.docker("run", "-d", "--name", "napper", "busybox", "sleep", "300")
+    daemon.docker("pause", "napper")
+    info = json.loads(daemon.docker("inspect", "napper").stdout)[0]
+    assert info["State"]["Status"] == "paused" and info["State"]["Paused"] is True
+    assert "(Paused)" in daemon.docker("ps", "--format", "{{.Status}}", "--filter", "name=napper").stdout
+    res = daemon.docker("pause", "napper", check=False)
+    assert res.returncode == 1 and "is already paused" in res.stderr
+    daemon.docker("unpause", "napper")
+    pid = json.loads(daemon.docker("inspect", "napper").stdout)[0]["State"]["Pid"]
+    daemon.docker("restart", "-t", "0", "napper")
+    info = json.loads(daemon.docker("inspect", "napper").stdout)[0]
+    assert info["State"]["Status"] == "running" and info["State"]["Pid"] != pid
+    daemon.docker("rm", "-f", "napper")
+
+
+def test_events_for_a_run(daemon: Any) -> None:
+    since = str(int(time.time()) - 1)
+    daemon.docker("run", "--rm", "--name", "evented", "-l", "tier=web", "busybox", "true")
+    until = str(int(time.time()) + 1)
+    out = daemon.docker("events", "--since", since, "--until", until, "--filter", "container=evented",
+                        "--format", "{{.Action}} {{index .Actor.Attributes \"tier\"}}").stdout.split("\n")
+    for action in ("create web", "start web", "die web", "destroy web"):
+        assert action in out, out

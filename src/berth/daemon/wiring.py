@@ -82,8 +82,10 @@ def build_engine(config: DaemonConfig) -> Engine:
     archive = ArchiveService(containers, runner.bundles, config.data_root / "tmp")
     commits = CommitService(containers, images.store, archive, config.data_root / "tmp", runner.runtime_root)
     log.debug("engine built: storage driver %s", driver)
+    execs = ExecService(containers, runner)
+    containers.exec_ids = execs.ids
     return Engine(events=events, system=system, images=images, containers=containers, runner=runner,
-                  logs=LogService(containers), execs=ExecService(containers, runner),
+                  logs=LogService(containers), execs=execs,
                   stats=StatsService(containers, runner.runtime_root), archive=archive, commits=commits)
 
 

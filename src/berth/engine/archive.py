@@ -57,6 +57,10 @@ CHANGE_ADD = 1
 CHANGE_DELETE = 2
 
 MAX_SYMLINKS = 40
+# Mount points the runtime makes in a container's own snapshot; dockerd keeps them in a separate init layer, so
+# they never show in ``docker diff``.
+INIT_PATHS = frozenset({"/dev", "/dev/pts", "/dev/shm", "/dev/console", "/proc", "/sys", "/.dockerenv",
+                        "/etc/resolv.conf", "/etc/hosts", "/etc/hostname", "/etc/mtab"})
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MISSING = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 _HOST_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM)
@@ -497,6 +501,28 @@ def _modified(old: os.stat_result, new: os.stat_result, ofd: int, nfd: int, name
     return _capability(ofd, name) != _capability(nfd, name)
 
 
+def _init_placeholder(path: str, st: os.stat_result) -> bool:
+    """An init-layer mount point as the runtime leaves it: a directory, an empty file or a symlink."""
+    return path in INIT_PATHS and (stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
+                                   or (stat.S_ISREG(st.st_mode) and st.st_size == 0))
+
+
+def _only_placeholders(dir_fd: int, name: str, path: str) -> bool:
+    """Whether the directory ``name`` holds nothing but init-layer mount points (what made it differ)."""
+    sub = os.open(name, _DIR_OPEN, dir_fd=dir_fd)
+    try:
+        children = os.listdir(sub)
+        if not children:
+            return False
+        for child in children:
+            st = fsops.lstat_at(sub, child)
+            if st is not None and not _init_placeholder(f"{path}/{child}", st):
+                return False
+        return True
+    finally:
+        os.close(sub)
+
+
 def _change(path: str, kind: int) -> dict[str, Any]:
     return {"Path": path, "Kind": kind}
 
@@ -518,6 +544,9 @@ def overlay_changes(upper: Path, lowers: tuple[Path, ...]) -> list[dict[str, Any
             if is_dir and fsops.xattrs_at(fd, name).get(_OPAQUE_XATTR) == b"y":
                 deleted = True
             kind = CHANGE_DELETE if deleted else CHANGE_ADD
+            if not deleted and _init_placeholder(path, st) and not any(
+                    _lstat_below(lfd, rel.split("/")) for lfd in lower_fds):
+                continue
             if not deleted:
                 parts = rel.split("/")
                 same_dir = False
@@ -530,7 +559,7 @@ def overlay_changes(upper: Path, lowers: tuple[Path, ...]) -> list[dict[str, Any
                         same_dir = True  # only the parent of something that changed
                     kind = CHANGE_MODIFY
                     break
-                if same_dir:
+                if same_dir or (is_dir and kind == CHANGE_MODIFY and _only_placeholders(fd, name, path)):
                     continue
             if is_dir:
                 changed_dirs.add(path)
@@ -586,6 +615,8 @@ def tree_changes(old: Path | None, new: Path) -> list[dict[str, Any]]:
                     changes.append(_change("/" + path, CHANGE_DELETE))
                 continue
             own = True
+            if ost is None and _init_placeholder("/" + path, nst):
+                continue
             if ost is None:
                 changes.append(_change("/" + path, CHANGE_ADD))
             elif _modified(ost, nst, ofd, nfd, name):

@@ -123,6 +123,8 @@ class ContainerService:
         self._lock = threading.Lock()
         # told (from a worker thread) when a container record is gone, e.g. to wake `wait?condition=removed`
         self.on_destroy: Callable[[str], None] = lambda _cid: None
+        # the container's execs that have not ended (inspect ``ExecIDs``); the exec service lives in memory
+        self.exec_ids: Callable[[str], list[str]] = lambda _cid: []
 
     # --- resolution -------------------------------------------------------------------------------
 
@@ -286,7 +288,7 @@ class ContainerService:
             "MountLabel": "",
             "ProcessLabel": "",
             "AppArmorProfile": "",
-            "ExecIDs": doc.get("ExecIDs"),
+            "ExecIDs": self.exec_ids(cid) or None,
             "HostConfig": doc["HostConfig"],
             "GraphDriver": {"Name": self.snapshotter.name, "Data": None},
             "Mounts": doc.get("Mounts", []),

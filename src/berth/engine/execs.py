@@ -165,7 +165,8 @@ class ExecService:
 
     def ids(self, cid: str) -> list[str]:
         """The container's execs that have not ended (container inspect ``ExecIDs``)."""
-        return [e.id for e in self.execs.values() if e.container_id == cid and e.status is not ExecStatus.EXITED]
+        execs = list(self.execs.values())  # one C-level copy: callable from a worker thread
+        return [e.id for e in execs if e.container_id == cid and e.status is not ExecStatus.EXITED]
 
     def _get(self, eid: str) -> Exec:
         ex = self.execs.get(eid)

@@ -201,7 +201,10 @@ class ContainerRunner:
 
     async def _apply_exit(self, cid: str, ev: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
-        found = await asyncio.to_thread(self._record_exit, cid, ev, loop)
+        # under the container's lock: a start still recording its PID must not overwrite the exit (nor make
+        # --rm's removal see "running")
+        async with self._lock(cid):
+            found = await asyncio.to_thread(self._record_exit, cid, ev, loop)
         if found is None:
             return
         doc, code, started = found
@@ -438,9 +441,12 @@ class ContainerRunner:
         if doc["State"]["Status"] == "exited" and not stdin:
             pass  # Docker attaches and returns at once for a stopped container; the stream simply ends
 
+        # register with the monitor before the 101 goes out: the client sends `start` only after it, so no output
+        # (and no exit) can happen before this stream is listening
+        await self._connect()
+        m_reader, m_writer = await self.monitor.attach(cid, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
+
         async def run(stream: Any) -> None:
-            await self._connect()
-            m_reader, m_writer = await self.monitor.attach(cid, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
 
             async def upstream() -> None:
                 matched = 0

@@ -37,7 +37,7 @@ from berth.kernel import cgroups, ns
 from berth.kernel import seccomp as kseccomp
 from berth.oci.runtime_spec import Process
 from berth.runtime import init
-from berth.runtime.linux import load_spec
+from berth.runtime.linux import load_spec, seccomp_program
 from berth.runtime.state import DEFAULT_ROOT, StateDir, Status, process_start_time
 
 START_TIMEOUT_S = 10.0
@@ -60,6 +60,7 @@ class _Plan:
     rlimits: tuple[tuple[int, int, int], ...]
     caps: kcaps.CapSets | None
     seccomp: dict[str, Any] | None
+    seccomp_program: bytes | None      # ``seccomp`` compiled by the creator (cached: same as the init's)
 
 
 def execute(container_id: str, process: Process, root: str | os.PathLike[str] = DEFAULT_ROOT, *,
@@ -82,6 +83,10 @@ def execute(container_id: str, process: Process, root: str | os.PathLike[str] = 
         flags |= ns.NAMESPACE_FLAGS[n.type]
     caps = None if process.capabilities is None else kcaps.CapSets.from_oci(process.capabilities.to_dict())
     rlimits = _rlimits(process)
+    seccomp = spec.linux.seccomp
+    program = None
+    if seccomp is not None and not seccomp.get("flags") and not seccomp.get("listenerPath"):
+        program = seccomp_program(seccomp)
 
     opened: list[int] = []
     try:
@@ -104,7 +109,7 @@ def execute(container_id: str, process: Process, root: str | os.PathLike[str] = 
         opened.append(r)
         plan = _Plan(process=process, sync_fd=w, chroot=None if flags & ns.CLONE_NEWNS else st.rootfs,
                      console_fd=console_fd, console_size=console_size, rlimits=rlimits, caps=caps,
-                     seccomp=spec.linux.seccomp)
+                     seccomp=seccomp, seccomp_program=program)
         ns.preload()
         child = os.fork()
         if child == 0:
@@ -209,7 +214,7 @@ def _run(plan: _Plan) -> NoReturn:
         os.umask(process.user.umask if process.user.umask is not None else 0o022)
         nnp = process.no_new_privileges
         if plan.seccomp is not None and not nnp:
-            kseccomp.load(plan.seccomp)  # needs CAP_SYS_ADMIN without no_new_privs: before the caps go
+            _load_seccomp(plan)  # needs CAP_SYS_ADMIN without no_new_privs: before the caps go
         try:
             os.chdir(process.cwd)
             cwd_done = True
@@ -225,7 +230,7 @@ def _run(plan: _Plan) -> NoReturn:
         if nnp:
             kcaps.set_no_new_privs()
         if plan.seccomp is not None and nnp:
-            kseccomp.load(plan.seccomp)
+            _load_seccomp(plan)
         env = process.env_map()
         path = init.look_path(process.args[0], env)
         # nothing of the monitor's may reach the container (CVE-2024-21626); the close-on-exec sync pipe
@@ -241,6 +246,13 @@ def _run(plan: _Plan) -> NoReturn:
         code = e.code if isinstance(e, init.InitError) else 1
         init.report(plan.sync_fd, "error " + (str(e) or type(e).__name__))
         os._exit(code)
+
+
+def _load_seccomp(plan: _Plan) -> None:
+    if plan.seccomp_program is not None:
+        kseccomp.load_program(plan.seccomp_program)
+    elif plan.seccomp is not None:
+        kseccomp.load(plan.seccomp)
 
 
 def _set_user(process: Process, caps: kcaps.CapSets | None) -> None:

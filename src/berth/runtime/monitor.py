@@ -55,6 +55,7 @@ LOCKFILE = "monitor.lock"   # flock held for life: one monitor per exec root
 EXIT_FILE = "exit.json"
 DRAIN_S = 2.0             # how long to wait for output after the init exited (daemonized children may hold it)
 READ_SIZE = 65536
+EXEC_KEEP_S = 600.0       # how long an ended exec session stays answerable without a ``forget``
 STDOUT, STDERR = 1, 2
 
 
@@ -297,18 +298,18 @@ class Monitor:
         """Start an exec session: ``id`` (the exec's), ``container``, ``process`` (OCI), ``tty``, ``stdin``,
         ``console_size``. Attach to ``id`` first to miss no output; stdin written before this is delivered."""
         sid, cid = str(req["id"]), str(req["container"])
-        process = Process.from_dict(req["process"])
         s = self.sessions.get(sid)
         if s is not None and s.status != "new":
             raise Conflict(f"exec {sid} has already been started")
         if s is None:
             s = self.sessions[sid] = Session(sid)
         s.exec_of = cid
-        s.tty = process.terminal
         s.stdin_once = True  # dockerd's exec always closes the process's stdin at the client's EOF
         h, w = (req.get("console_size") or [0, 0])[:2]
         child_fds: list[int] = []
         try:
+            process = Process.from_dict(req["process"])
+            s.tty = process.terminal
             if s.tty:
                 pid = self._exec_tty(s, cid, process, (int(h), int(w)))
             else:
@@ -382,6 +383,12 @@ class Monitor:
             c.writer.close()
         s.clients.clear()
         self._broadcast({"event": "exec_exit", "container": s.exec_of, **s.public()})
+        # berthd forgets it once it read the exit code; a daemon restarted meanwhile never will
+        self.loop.call_later(EXEC_KEEP_S, self._drop_exec, s)
+
+    def _drop_exec(self, s: Session) -> None:
+        if self.sessions.get(s.id) is s:
+            del self.sessions[s.id]
 
     # --- output, input -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from berth.errors import InvalidArgument, Unavailable
 
 RAW = "application/vnd.docker.raw-stream"
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
+EXEC_SETTLE_S = 0.005
 
 
 def _execs(engine: Engine) -> ExecService:
@@ -36,7 +37,8 @@ def register(router: Router) -> None:
             return empty(200)
         # dockerd picks the content type from the start body's Tty; the framing follows the exec's own Tty
         old_api = tuple(int(p) if p.isdigit() else 0 for p in req.api_version.split(".")) < (1, 42)
-        return Hijack(run, content_type=RAW if body.get("Tty") or old_api else MULTIPLEXED)
+        # starting the process (fork, setns, exec: 8+ ms) is most of the pause docker-py needs after the header
+        return Hijack(run, content_type=RAW if body.get("Tty") or old_api else MULTIPLEXED, settle_s=EXEC_SETTLE_S)
 
     @router.route("GET", "/exec/{eid}/json")
     async def inspect(req: Request, engine: Engine, eid: str) -> Response:
