@@ -162,11 +162,18 @@ def memory(daemon: Daemon, exclude: set[int]) -> dict[str, Any]:
     """USS and PSS (KiB) summed over the engine's processes."""
     pids = engine_pids(daemon, exclude)
     uss = pss = 0
+    by_name: dict[str, int] = {}
     for pid in pids:
         m = _smaps(pid)
-        uss += m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)
+        own = m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)
+        uss += own
         pss += m.get("Pss", 0)
-    return {"processes": len(pids), "uss_kib": uss, "pss_kib": pss}
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()  # for the breakdown only, never to pick a process
+        except OSError:
+            name = "?"
+        by_name[name] = by_name.get(name, 0) + own
+    return {"processes": len(pids), "uss_kib": uss, "pss_kib": pss, "uss_kib_by_name": by_name}
 
 
 # --- main ------------------------------------------------------------------------------------------------------
@@ -269,6 +276,8 @@ def main() -> int:
               f"{m['busy']['uss_kib'] / 1024:10.1f} {m['per_container_kib'] / 1024:8.2f} "
               f"{m['delta_per_container_kib'] / 1024:10.2f} {median(results['ps_s'][name]):7.3f}s "
               f"{results['ready_s'][name]:6.2f}s")
+        parts = sorted(m["busy"]["uss_kib_by_name"].items(), key=lambda kv: -kv[1])
+        print("         " + ", ".join(f"{k} {v / 1024:.1f}" for k, v in parts) + " (MiB USS by process name)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

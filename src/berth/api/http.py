@@ -314,6 +314,29 @@ async def thread_stream(fn: Callable[[Callable[[bytes], None]], None]) -> AsyncI
         cancelled.set()
 
 
+class EmitWriter(io.RawIOBase):
+    """A write-only file for a ``thread_stream`` worker: buffers writes and hands ``emit`` large chunks."""
+
+    def __init__(self, emit: Callable[[bytes], None], chunk: int = 1 << 20) -> None:
+        self._emit = emit
+        self._chunk = chunk
+        self._buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self._buf += b
+        if len(self._buf) >= self._chunk:
+            self.flush()
+        return len(b)
+
+    def flush(self) -> None:
+        if self._buf:
+            self._emit(bytes(self._buf))
+            self._buf.clear()
+
+
 @dataclass(frozen=True)
 class _Failure:
     error: BaseException

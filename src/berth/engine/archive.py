@@ -34,7 +34,7 @@ from berth.engine.containers import ContainerService, State
 from berth.errors import BerthError, Forbidden, InternalError, InvalidArgument, NotFound, NotImplementedYet
 from berth.kernel import fsops
 from berth.kernel.mount import mounted
-from berth.layers.diff import write_overlay_diff, write_tree, write_tree_diff
+from berth.layers.diff import walk_tree, write_overlay_diff, write_tree, write_tree_diff
 from berth.oci.digest import Digest
 from berth.runtime.users import resolve_user
 
@@ -228,31 +228,6 @@ def canonical(root_fd: int, parts: list[str]) -> list[str]:
         return where
     finally:
         if fd >= 0:
-            os.close(fd)
-
-
-def _walk(top_fd: int) -> Iterator[tuple[str, int, str, os.stat_result]]:
-    """Pre-order walk in name order below the directory ``top_fd``: (relative path, parent fd, name, lstat)."""
-    first = os.open(".", _DIR_OPEN, dir_fd=top_fd)
-    stack: list[tuple[int, str, Iterator[str]]] = [(first, "", iter(sorted(os.listdir(first))))]
-    try:
-        while stack:
-            fd, rel, names = stack[-1]
-            name = next(names, None)
-            if name is None:
-                os.close(fd)
-                stack.pop()
-                continue
-            st = fsops.lstat_at(fd, name)
-            if st is None:
-                continue
-            path = f"{rel}/{name}" if rel else name
-            yield path, fd, name, st
-            if stat.S_ISDIR(st.st_mode):
-                sub = os.open(name, _DIR_OPEN, dir_fd=fd)
-                stack.append((sub, path, iter(sorted(os.listdir(sub)))))
-    finally:
-        for fd, _, _ in stack:
             os.close(fd)
 
 
@@ -537,7 +512,7 @@ def overlay_changes(upper: Path, lowers: tuple[Path, ...]) -> list[dict[str, Any
     try:
         for lower in lowers:
             lower_fds.append(os.open(lower, _DIR_OPEN))
-        for rel, fd, name, st in _walk(upper_fd):
+        for rel, fd, name, st in walk_tree(upper_fd):
             path = "/" + rel
             is_dir = stat.S_ISDIR(st.st_mode)
             deleted = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
@@ -744,7 +719,7 @@ class ArchiveService:
                             prefix = "" if req.go_base == "/" else req.go_base
                             if prefix:
                                 tar.node(prefix, dfd, ".", os.stat(".", dir_fd=dfd, follow_symlinks=False))
-                            for rel, fd, entry, est in _walk(dfd):
+                            for rel, fd, entry, est in walk_tree(dfd):
                                 tar.node(f"{prefix}/{rel}" if prefix else rel, fd, entry, est)
                         finally:
                             if dfd != pfd:

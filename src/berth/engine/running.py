@@ -183,7 +183,7 @@ class ContainerRunner:
             mount_all(self.containers.snapshotter.mounts(cid), rootfs)
         spec = container_spec(cid, doc, rootfs, self.containers.paths, init_path=self.init_path)
         tmp = bundle / "config.json.tmp"
-        tmp.write_text(spec.to_json())
+        tmp.write_text(spec.to_json(indent=None))  # compact: json's C encoder; indenting runs the Python one
         os.replace(tmp, bundle / "config.json")
         return bundle
 

@@ -205,7 +205,7 @@ def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
 
 
-def _walk(root_fd: int) -> Iterator[tuple[str, int, str, os.stat_result]]:
+def walk_tree(root_fd: int) -> Iterator[tuple[str, int, str, os.stat_result]]:
     """Pre-order, sorted walk yielding (archive path, parent fd, name, lstat); never follows symlinks."""
     stack: list[tuple[int, str, Iterator[str]]] = [(os.dup(root_fd), "", iter(sorted(fsops.listdir_at(root_fd))))]
     try:
@@ -234,7 +234,7 @@ def write_tree(root: str | os.PathLike[str], out: BinaryIO) -> Digest:
     w = _TarWriter(out)
     root_fd = _open_root(root)
     try:
-        for path, fd, name, st in _walk(root_fd):
+        for path, fd, name, st in walk_tree(root_fd):
             w.node(path, fd, name, st)
     finally:
         os.close(root_fd)
@@ -254,7 +254,7 @@ def write_overlay_diff(upper: str | os.PathLike[str], out: BinaryIO) -> Digest:
     w = _TarWriter(out)
     root_fd = _open_root(upper)
     try:
-        for path, fd, name, st in _walk(root_fd):
+        for path, fd, name, st in walk_tree(root_fd):
             xattrs = None if stat.S_ISLNK(st.st_mode) else fsops.xattrs_at(fd, name)
             if _is_whiteout(fd, name, st, xattrs):
                 w.whiteout(path.rpartition("/")[0], WHITEOUT_PREFIX + name, st)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Callable
-from typing import Any
 
-from berth.api.http import Request, Response, StreamResponse, json_response, thread_stream
+from berth.api.http import EmitWriter, Request, Response, StreamResponse, json_response, thread_stream
 from berth.api.router import Router
 from berth.engine.archive import STAT_HEADER, ArchiveService
 from berth.engine.commit import CommitService
@@ -15,29 +13,8 @@ from berth.engine.services import Engine
 from berth.errors import InvalidArgument, Unavailable
 
 TAR = "application/x-tar"
-_FLUSH = 256 * 1024
 
 
-class _ChunkWriter(io.RawIOBase):
-    """A write-only file that hands ~256 KiB chunks to a stream's ``emit``."""
-
-    def __init__(self, emit: Callable[[bytes], None]) -> None:
-        self._emit = emit
-        self._buf = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        self._buf += b
-        if len(self._buf) >= _FLUSH:
-            self.flush()
-        return len(b)
-
-    def flush(self) -> None:
-        if self._buf:
-            self._emit(bytes(self._buf))
-            self._buf.clear()
 
 
 def _archive(engine: Engine) -> ArchiveService:
@@ -72,7 +49,7 @@ def register(router: Router) -> None:
         st = await asyncio.to_thread(service.stat_path, name, path)
 
         def work(emit: Callable[[bytes], None]) -> None:
-            out = _ChunkWriter(emit)
+            out = EmitWriter(emit)
             service.get_archive(name, path, out)  # type: ignore[arg-type]
             out.flush()
         return StreamResponse(thread_stream(work), content_type=TAR, json_errors=False,
@@ -98,7 +75,7 @@ def register(router: Router) -> None:
         await asyncio.to_thread(engine.containers.resolve, name)  # a 404 before the headers go out
 
         def work(emit: Callable[[bytes], None]) -> None:
-            out = _ChunkWriter(emit)
+            out = EmitWriter(emit)
             service.export(name, out)  # type: ignore[arg-type]
             out.flush()
         return StreamResponse(thread_stream(work), content_type=TAR, json_errors=False)

@@ -3,40 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import urllib.error
 import urllib.request
 from typing import Any, BinaryIO
 
-from berth.api.http import Request, Response, StreamResponse, empty, json_line, json_response, thread_stream
+from berth.api.http import EmitWriter, Request, Response, StreamResponse, empty, json_line, json_response, thread_stream
 from berth.api.router import Router
 from berth.engine.services import Engine
 from berth.errors import InvalidArgument, NotImplementedYet, Unavailable
 
 TAR = "application/x-tar"
-_FLUSH = 1 << 20
 
 
-class _EmitWriter(io.RawIOBase):
-    """A write-only file that hands ~1 MiB chunks to a stream's ``emit`` (few, large HTTP chunks)."""
-
-    def __init__(self, emit: Any) -> None:
-        self._emit = emit
-        self._buf = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:
-        self._buf += b
-        if len(self._buf) >= _FLUSH:
-            self.flush()
-        return len(b)
-
-    def flush(self) -> None:
-        if self._buf:
-            self._emit(bytes(self._buf))
-            self._buf.clear()
 
 
 def register(router: Router) -> None:
@@ -114,7 +92,7 @@ async def _save(engine: Engine, names: list[str]) -> StreamResponse:
     await asyncio.to_thread(engine.images.check_exists, names)
 
     def work(emit: Any) -> None:
-        out = _EmitWriter(emit)
+        out = EmitWriter(emit)
         engine.images.save(names, out)  # type: ignore[arg-type]
         out.flush()
     return StreamResponse(thread_stream(work), content_type=TAR, json_errors=False)
