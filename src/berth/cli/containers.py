@@ -63,7 +63,8 @@ def _stop_at_first_arg(parser: CommandParser) -> None:
 
     def parse(argv: list[str]) -> argparse.Namespace:
         flags, rest = _leading_flags(parser, argv)
-        ns = parse_all([*flags, *rest[:1]])
+        # placeholders: the positionals only count for the arity check, and may look like flags
+        ns = parse_all([*flags, *(["ARG"] * len(rest))])
         ns.args = rest
         return ns
 
@@ -150,6 +151,7 @@ def _configure_create(p: CommandParser, run: bool = False) -> None:
     p.add_argument("-u", "--user", default="", metavar="string",
                    help="Username or UID (format: <name|uid>[:<group|gid>])")
     p.add_argument("--entrypoint", default=None, metavar="string", help="Overwrite the default ENTRYPOINT of the image")
+    _free_short_help(p)
     p.add_argument("-h", "--hostname", default="", metavar="string", help="Container host name")
     p.add_argument("--domainname", default="", metavar="string", help="Container NIS domain name")
     p.add_bool("--init", help="Run an init inside the container that forwards signals and reaps processes")
@@ -190,6 +192,13 @@ def _configure_create(p: CommandParser, run: bool = False) -> None:
                    help='Pull image before running ("always", "missing", "never")')
     p.add_bool("-q", "--quiet", help="Suppress the pull output")
     _stop_at_first_arg(p)
+
+
+def _free_short_help(p: CommandParser) -> None:
+    """In docker's run/create ``-h`` is --hostname; help is ``--help`` only."""
+    action = p._option_string_actions.pop("-h", None)
+    if action is not None:
+        action.option_strings = [s for s in action.option_strings if s != "-h"]
 
 
 def _many(p: CommandParser, *names: str, help: str, metavar: str = "list") -> None:
@@ -702,7 +711,7 @@ class _Session:
                 stack.enter_context(self._signal_proxy())
             if self.stdin:
                 keys = parse_detach_keys(self.detach_keys or DEFAULT_DETACH_KEYS) if self.tty else None
-                pump = StdinPump(ctx.binary_stdin(), conn.send, conn.close_write, keys, on_detach=conn.close)
+                pump = StdinPump(ctx.binary_stdin(), conn.send, conn.close_write, keys, on_detach=conn.abort)
                 pump.start()
             else:
                 conn.close_write()
@@ -930,8 +939,16 @@ def _configure_rm(p: CommandParser) -> None:
 def _rm(ctx: Context, ns: argparse.Namespace) -> int:
     params = {"force": ns.force or None, "link": ns.link or None, "v": ns.volumes or None}
 
-    def act(name: str) -> str:
-        ctx.client.delete(_path(name.strip("/")), params)
+    from berth.errors import NotFound
+
+    def act(name: str) -> str | None:
+        try:
+            ctx.client.delete(_path(name.strip("/")), params)
+        except NotFound as err:
+            if not ns.force:
+                raise
+            ctx.err(f"Error response from daemon: {err}\n")  # docker rm -f reports a missing one but succeeds
+            return None
         return name
 
     return _each(ctx, ns.args, act)
@@ -1234,18 +1251,31 @@ def _lookup(client: Client, kinds: Sequence[str], name: str, size: bool) -> Any:
 
 
 def _inspect(ctx: Context, ns: argparse.Namespace) -> int:
+    from berth.errors import NotFound
+
     if ns.type and ns.type not in _KINDS:
-        raise CliError(f'"{ns.type}" is not a valid value for --type')
-    kinds = [ns.type] if ns.type else list(_KINDS)
+        known = ", ".join(f'"{k}"' for k in ("config", "container", "image", "network", "node", "plugin", "secret",
+                                              "service", "task", "volume"))
+        raise CliError(f'unknown type: "{ns.type}": must be one of {known}')
     found: list[Any] = []
     errors: list[str] = []
     for name in ns.args:
-        item = _lookup(ctx.client, kinds, name, ns.size)
+        if ns.type:
+            # one type: the daemon's own answer is the error, like docker's typed inspect
+            params = {"size": True} if ns.size and ns.type == "container" else None
+            try:
+                found.append(ctx.client.get(_KINDS[ns.type](name), params).json())
+            except NotFound as err:
+                errors.append(f"Error response from daemon: {err}")
+            continue
+        item = _lookup(ctx.client, list(_KINDS), name, ns.size)
         if item is None:
-            errors.append(f"Error: No such {ns.type or 'object'}: {name}")
+            errors.append(f"Error: No such object: {name}")
         else:
             found.append(item)
-    if found or ns.format in ("", "json"):
+    if not found and ns.format not in ("", "json"):
+        ctx.out("\n")  # docker's template writer still ends its (empty) output with a newline
+    else:
         _show_inspected(ctx, found, ns.format)
     if errors:
         raise CliError("\n".join(errors))

@@ -113,11 +113,11 @@ class StdinPump:
             while data := self._read():
                 if self._keys:
                     data, held = self._scan(held + data)
-                    if self.detached.is_set():
-                        self._on_detach()
-                        return
                 if data:
                     self._send(data)
+                if self.detached.is_set():
+                    self._on_detach()
+                    return
             if held:
                 self._send(held)
         except OSError:

@@ -387,6 +387,11 @@ class Hijacked:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
 
+    def abort(self) -> None:
+        """End both directions now (detach); wakes a reader blocked on the socket, which ``close`` would not."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()

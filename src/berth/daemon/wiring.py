@@ -24,6 +24,7 @@ from berth.engine.commit import CommitService
 from berth.engine.containers import ContainerPaths, ContainerService
 from berth.engine.events import EventBus
 from berth.engine.execs import ExecService
+from berth.engine.health import HealthChecker
 from berth.engine.images import ImageService
 from berth.engine.logs import LogService
 from berth.engine.running import ContainerRunner
@@ -83,6 +84,7 @@ def build_engine(config: DaemonConfig) -> Engine:
     commits = CommitService(containers, images.store, archive, config.data_root / "tmp", runner.runtime_root)
     log.debug("engine built: storage driver %s", driver)
     execs = ExecService(containers, runner)
+    HealthChecker(containers, runner)  # registers itself as the runner's health hooks
     containers.exec_ids = execs.ids
     return Engine(events=events, system=system, images=images, containers=containers, runner=runner,
                   logs=LogService(containers), execs=execs,

@@ -26,7 +26,7 @@ from berth.images.store import ImageStore
 from berth.metadata.containers import ContainerDB
 from berth.oci.digest import is_hex_id
 from berth.oci.reference import parse_tagged
-from berth.runtime import jsonlog
+from berth.runtime import jsonlog, oci_cli
 from berth.snapshots.base import Snapshotter
 from berth.units import human_duration
 
@@ -34,6 +34,8 @@ ZERO_TIME = "0001-01-01T00:00:00Z"
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 LOG_DRIVERS = {"json-file", "local", "none"}
 RESTART_POLICIES = {"", "no", "always", "unless-stopped", "on-failure"}
+HEALTH_ON_FAILURE_LABEL = "berth.health-on-failure"
+HEALTH_ON_FAILURE_ACTIONS = {"", "none", "kill", "restart", "stop"}
 CONTAINER_FILTERS = {
     "id",
     "name",
@@ -125,6 +127,9 @@ class ContainerService:
         self.on_destroy: Callable[[str], None] = lambda _cid: None
         # the container's execs that have not ended (inspect ``ExecIDs``); the exec service lives in memory
         self.exec_ids: Callable[[str], list[str]] = lambda _cid: []
+        # OCI runtimes by name (HostConfig.Runtime) -> binary; the daemon adds its configured ones
+        self.runtimes: dict[str, str] = dict(oci_cli.RUNTIMES)
+        self.default_runtime = oci_cli.LIBRARY
 
     # --- resolution -------------------------------------------------------------------------------
 
@@ -177,6 +182,14 @@ class ContainerService:
             if doc.get("Image") == image_id
         ]
 
+    def runtime_name(self, name: Any) -> str:
+        """HostConfig.Runtime checked against the known runtimes; empty means the daemon's default."""
+        if not name:
+            return self.default_runtime
+        if not isinstance(name, str) or name not in self.runtimes:
+            raise InvalidArgument(f"unknown or invalid runtime name: {name}")
+        return name
+
     # --- create ------------------------------------------------------------------------------------
 
     def create(self, name: str | None, body: Any) -> dict[str, Any]:
@@ -202,6 +215,7 @@ class ContainerService:
         config = merge_config(body, image_cfg.config)
         host_config = normalize_host_config(host)
         validate(config, host_config)
+        host_config["Runtime"] = self.runtime_name(host.get("Runtime"))
         cid = secrets.token_hex(32)
         if not config.get("Hostname"):
             config["Hostname"] = cid[:12]
@@ -667,6 +681,11 @@ def validate(config: dict[str, Any], host: dict[str, Any]) -> None:
         raise InvalidArgument("can't create 'AutoRemove' container with restart policy")
     if config.get("StopSignal"):
         parse_signal(str(config["StopSignal"]))
+    validate_healthcheck(config.get("Healthcheck"))
+    for action in (host.get("HealthOnFailure"), (config.get("Labels") or {}).get(HEALTH_ON_FAILURE_LABEL)):
+        if action is not None and action not in HEALTH_ON_FAILURE_ACTIONS:
+            raise InvalidArgument(f"invalid health-on-failure action: {action!r}: use one of 'none', 'kill', "
+                                  "'restart' or 'stop'")
     log_config = host["LogConfig"]
     if log_config["Type"] not in LOG_DRIVERS:
         raise InvalidArgument(f"logger: no log driver named '{log_config['Type']}' is registered")
@@ -696,6 +715,28 @@ def validate(config: dict[str, Any], host: dict[str, Any]) -> None:
                 f'invalid mount config for type "{m.get("Type")}": invalid mount path: '
                 f"'{target}' mount path must be absolute"
             )
+
+
+def validate_healthcheck(hc: Any) -> None:
+    """moby's validateHealthCheck: durations of 0 mean the default, else at least 1ms; no negative retries."""
+    if not hc:
+        return
+    if not isinstance(hc, dict):
+        raise InvalidArgument("invalid JSON: Healthcheck must be an object")
+    test = hc.get("Test") or []
+    if not isinstance(test, list) or not all(isinstance(t, str) for t in test):
+        raise InvalidArgument("invalid JSON: Healthcheck.Test must be a list of strings")
+    for key in ("Interval", "Timeout", "StartPeriod", "StartInterval"):
+        value = hc.get(key) or 0
+        if not isinstance(value, int):
+            raise InvalidArgument(f"invalid JSON: Healthcheck.{key} must be an integer")
+        if value != 0 and value < 1_000_000:
+            raise InvalidArgument(f"{key} in Healthcheck cannot be less than 1ms")
+    retries = hc.get("Retries") or 0
+    if not isinstance(retries, int):
+        raise InvalidArgument("invalid JSON: Healthcheck.Retries must be an integer")
+    if retries < 0:
+        raise InvalidArgument("Retries in Healthcheck cannot be negative")
 
 
 def parse_signal(text: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -19,14 +20,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from berth.engine.containers import ContainerService, State, now_rfc3339, parse_signal
 from berth.engine.spec import container_spec
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound, NotModified
 from berth.kernel import cgroups
 from berth.kernel.mount import is_mountpoint, mount_all, unmount_under
-from berth.runtime import linux
+from berth.runtime import oci_cli
 from berth.runtime.monitor import runtime_root
 from berth.runtime.monitor_client import MonitorClient
 
@@ -51,6 +52,15 @@ class _RestartState:
     task: asyncio.Task[None] | None = None
 
 
+class HealthHooks(Protocol):
+    """The healthchecker (berth.engine.health), told when a container starts and exits."""
+
+    def prepare(self, doc: dict[str, Any]) -> None: ...
+    def started(self, cid: str, doc: dict[str, Any]) -> None: ...
+    def stopped(self, cid: str) -> None: ...
+    def close(self) -> None: ...
+
+
 class ContainerRunner:
     def __init__(self, containers: ContainerService, exec_root: Path, *, init_path: str | None = None,
                  monitor_log: Path | None = None) -> None:
@@ -66,6 +76,7 @@ class ContainerRunner:
         self._events_task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
         self.containers.on_destroy = self._destroyed
+        self.health: HealthHooks | None = None
 
     # --- daemon lifecycle --------------------------------------------------------------------------
 
@@ -80,6 +91,9 @@ class ContainerRunner:
         for cid in active:
             seen = known.get(cid)
             if seen and seen["status"] == "running":
+                if self.health is not None:
+                    _, _, doc = await asyncio.to_thread(self.containers.resolve, cid)
+                    self.health.started(cid, doc)
                 continue
             if seen and seen["status"] == "exited":
                 await self._apply_exit(cid, seen)
@@ -104,6 +118,8 @@ class ContainerRunner:
         for st in self._restart.values():
             if st.task is not None:
                 st.task.cancel()
+        if self.health is not None:
+            self.health.close()
 
     async def _follow_events(self, ready: asyncio.Event) -> None:
         while True:
@@ -121,6 +137,10 @@ class ContainerRunner:
 
     def _lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
+
+    def lock(self, cid: str) -> asyncio.Lock:
+        """The container's lock, for services that rewrite its record (the healthchecker)."""
+        return self._lock(cid)
 
     # --- start -------------------------------------------------------------------------------------
 
@@ -143,12 +163,15 @@ class ContainerRunner:
         doc["State"].update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
                              "OOMKilled": False, "Dead": False, "Pid": 0, "ExitCode": 0, "Error": "",
                              "StartedAt": now_rfc3339(), "FinishedAt": doc["State"].get("FinishedAt")})
+        if self.health is not None:
+            self.health.prepare(doc)
         # one worker hop for the bundle and the record: each hop costs a thread wake-up on the hot path
         bundle = await asyncio.to_thread(self._prepare_and_record, cid, doc)
         try:
             reply = await self.monitor.request(
                 "start", id=cid, bundle=str(bundle), tty=bool(doc["Config"].get("Tty")),
                 stdin=bool(doc["Config"].get("OpenStdin")), stdin_once=bool(doc["Config"].get("StdinOnce")),
+                runtime=self._runtime_binary(doc),
                 log=str(self.containers.paths.log(cid)) if log_type in ("json-file", "local") else None,
                 log_opts=host["LogConfig"].get("Config") or {}, console_size=host.get("ConsoleSize") or [0, 0])
         except BerthError as e:
@@ -158,9 +181,22 @@ class ContainerRunner:
                                  "FinishedAt": now_rfc3339()})
             await asyncio.to_thread(self.containers.db.update, cid, doc)
             await asyncio.to_thread(self._release_bundle, cid)
+            if host.get("AutoRemove"):  # dockerd removes it too: `docker run --rm` waits for the removal
+                with contextlib.suppress(BerthError):
+                    await asyncio.to_thread(self.containers.remove, cid, True, False)
             raise InvalidArgument(message) if _exit_for(message) in (126, 127) else type(e)(message) from None
         await asyncio.to_thread(self._record_pid, cid, int(reply["pid"]))
+        if self.health is not None:
+            self.health.started(cid, doc)
         self.containers.events.publish("container", "start", cid, self.containers.attributes(name, doc))
+
+    def _runtime_binary(self, doc: dict[str, Any]) -> str:
+        """What the monitor runs the container with: ``berth`` (the library) or an OCI binary's name or path."""
+        name = doc["HostConfig"].get("Runtime") or oci_cli.LIBRARY
+        return oci_cli.LIBRARY if name == oci_cli.LIBRARY else self.containers.runtimes.get(name, name)
+
+    def _runtime(self, doc: dict[str, Any]) -> oci_cli.Runtime:
+        return oci_cli.runtime_for(self._runtime_binary(doc), self.exec_root, self.runtime_root)
 
     def _prepare_and_record(self, cid: str, doc: dict[str, Any]) -> Path:
         bundle = self._prepare_bundle(cid, doc)
@@ -182,6 +218,10 @@ class ContainerRunner:
         if not is_mountpoint(rootfs):
             mount_all(self.containers.snapshotter.mounts(cid), rootfs)
         spec = container_spec(cid, doc, rootfs, self.containers.paths, init_path=self.init_path)
+        if self._runtime_binary(doc) != oci_cli.LIBRARY and not spec.linux.cgroups_path.startswith("/"):
+            # runc reads a relative cgroupsPath under its own cgroup; berth's (and pause's) is the hierarchy root
+            spec = dataclasses.replace(spec, linux=dataclasses.replace(
+                spec.linux, cgroups_path="/" + spec.linux.cgroups_path))
         tmp = bundle / "config.json.tmp"
         tmp.write_text(spec.to_json(indent=None))  # compact: json's C encoder; indenting runs the Python one
         os.replace(tmp, bundle / "config.json")
@@ -205,6 +245,8 @@ class ContainerRunner:
         # --rm's removal see "running")
         async with self._lock(cid):
             found = await asyncio.to_thread(self._record_exit, cid, ev, loop)
+        if self.health is not None:
+            self.health.stopped(cid)
         if found is None:
             return
         doc, code, started = found
@@ -311,7 +353,7 @@ class ContainerRunner:
 
     def _signal(self, cid: str, sig: int, doc: dict[str, Any]) -> None:
         try:
-            linux.kill(cid, sig, self.runtime_root)
+            self._runtime(doc).kill(cid, sig)
         except NotFound:
             pid = int(doc["State"].get("Pid") or 0)
             if pid:
@@ -319,7 +361,7 @@ class ContainerRunner:
                     os.kill(pid, sig)
         if doc["State"]["Status"] == "paused" and sig == signal.SIGKILL:
             with contextlib.suppress(Exception):
-                self._cgroup(cid).thaw()
+                self._cgroup(cid, doc).thaw()
 
     async def stop(self, ref: str, timeout: int | None = None, sig_text: str | None = None) -> None:
         cid, name, doc = await asyncio.to_thread(self.containers.resolve, ref)
@@ -335,7 +377,7 @@ class ContainerRunner:
             timeout = DEFAULT_STOP_TIMEOUT if timeout is None else int(timeout)
         exited = self._exit_future(cid)
         if doc["State"]["Status"] == "paused":
-            await asyncio.to_thread(self._cgroup(cid).thaw)
+            await asyncio.to_thread(self._cgroup(cid, doc).thaw)
         await asyncio.to_thread(self._signal, cid, sig, doc)
         self.containers.events.publish("container", "kill", cid,
                                        {**self.containers.attributes(name, doc), "signal": str(sig)})
@@ -366,6 +408,17 @@ class ContainerRunner:
             await self.stop(ref, timeout, sig_text)
         with contextlib.suppress(NotModified):
             await self.start(ref)
+
+    async def restart_unhealthy(self, cid: str) -> None:
+        """berth's ``--health-on-failure=restart``: docker stop, then a start after the restart backoff that
+        counts in RestartCount like a restart policy's."""
+        with contextlib.suppress(NotModified):
+            await self.stop(cid)
+        # after the exit's own restart decision (taken under the lock), which saw the manual stop
+        async with self._lock(cid):
+            pass
+        self._restart_state(cid).manually_stopped = False
+        self._schedule_restart(cid)
 
     def _exit_future(self, cid: str) -> asyncio.Future[dict[str, Any]]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -402,8 +455,8 @@ class ContainerRunner:
 
     # --- pause, resize, attach ------------------------------------------------------------------------
 
-    def _cgroup(self, cid: str) -> cgroups.Cgroup:
-        return cgroups.open_cgroup(linux.state(cid, self.runtime_root).cgroup_path)
+    def _cgroup(self, cid: str, doc: dict[str, Any]) -> cgroups.Cgroup:
+        return cgroups.open_cgroup(self._runtime(doc).state(cid).cgroup_path)
 
     async def pause(self, ref: str) -> None:
         cid, name, doc = await asyncio.to_thread(self.containers.resolve, ref)
@@ -412,7 +465,7 @@ class ContainerRunner:
             raise Conflict(f"container {cid} is already paused")
         if status != "running":
             raise Conflict(f"container {cid} is not running")
-        await asyncio.to_thread(self._cgroup(cid).freeze)
+        await asyncio.to_thread(self._cgroup(cid, doc).freeze)
         doc["State"].update({"Status": "paused", "Paused": True})
         await asyncio.to_thread(self.containers.db.update, cid, doc)
         self.containers.events.publish("container", "pause", cid, self.containers.attributes(name, doc))
@@ -421,7 +474,7 @@ class ContainerRunner:
         cid, name, doc = await asyncio.to_thread(self.containers.resolve, ref)
         if doc["State"]["Status"] != "paused":
             raise Conflict(f"container {cid} is not paused")
-        await asyncio.to_thread(self._cgroup(cid).thaw)
+        await asyncio.to_thread(self._cgroup(cid, doc).thaw)
         doc["State"].update({"Status": "running", "Paused": False})
         await asyncio.to_thread(self.containers.db.update, cid, doc)
         self.containers.events.publish("container", "unpause", cid, self.containers.attributes(name, doc))

@@ -44,7 +44,7 @@ from berth.errors import BerthError, Conflict, InternalError, InvalidArgument, N
 from berth.kernel import cgroups, ns
 from berth.oci.runtime_spec import Process
 from berth.runtime import exec as runtime_exec
-from berth.runtime import jsonlog, linux
+from berth.runtime import jsonlog, linux, oci_cli
 from berth.runtime.state import StateDir
 
 log = logging.getLogger("berth.monitor")
@@ -101,6 +101,7 @@ class Session:
     stdin_closed: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     exec_of: str = ""                  # for an exec session: the container it runs in
+    runtime: oci_cli.Runtime | None = None   # what created it (kill/delete/state go there too)
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "pid": self.pid, "exit_code": self.exit_code,
@@ -110,7 +111,9 @@ class Session:
 class Monitor:
     def __init__(self, exec_root: Path) -> None:
         self.dir = monitor_dir(exec_root)
+        self.exec_root = exec_root
         self.runtime_root = runtime_root(exec_root)
+        self.library = oci_cli.LibraryRuntime(self.runtime_root)
         self.sessions: dict[str, Session] = {}
         self.by_pid: dict[int, Session] = {}
         self.subscribers: list[asyncio.StreamWriter] = []
@@ -182,6 +185,10 @@ class Monitor:
             for sid in StateDir(self.runtime_root).ids():
                 with contextlib.suppress(Exception):
                     linux.delete(sid, self.runtime_root, force=True)
+            for rt in oci_cli.cli_roots(self.exec_root):
+                for sid in rt.ids():
+                    with contextlib.suppress(Exception):
+                        rt.delete(sid, force=True)
         self.loop.call_later(0.05, self.stopping.set)
 
     def _session(self, sid: str) -> Session:
@@ -201,6 +208,8 @@ class Monitor:
             if old is not None:
                 s.clients = old.clients
             self.sessions[sid] = s
+        rt = self._runtime(str(req.get("runtime") or oci_cli.LIBRARY))
+        s.runtime = rt
         s.tty = bool(req.get("tty"))
         s.stdin_once = bool(req.get("stdin_once"))
         (self.dir / sid).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -210,14 +219,14 @@ class Monitor:
             max_size, max_file, compress = jsonlog.parse_log_opts(req.get("log_opts") or {})
             s.log = jsonlog.JsonLogWriter(Path(req["log"]), max_size, max_file, compress)
         with contextlib.suppress(NotFound):  # a stopped leftover from an earlier run of this container
-            linux.delete(sid, self.runtime_root, force=True)
+            rt.delete(sid, force=True)
         child_fds: list[int] = []
         try:
             if s.tty:
-                pid = self._create_tty(s, req)
+                pid = self._create_tty(s, req, rt)
             else:
                 stdio = self._pipes(s, bool(req.get("stdin")), child_fds)
-                pid = linux.create(sid, req["bundle"], self.runtime_root, stdio=stdio)
+                pid = rt.create(sid, req["bundle"], stdio=stdio)
         except BaseException:
             self._close_stdio(s)
             if s.log is not None:
@@ -227,15 +236,15 @@ class Monitor:
             for fd in child_fds:
                 os.close(fd)
         s.pid = pid
-        s.cgroup_path = linux.state(sid, self.runtime_root).cgroup_path
+        s.cgroup_path = rt.state(sid).cgroup_path
         self.by_pid[pid] = s
         for fd, stream in s.out_fds.items():
             self.loop.add_reader(fd, self._on_output, s, fd, stream)
         try:
-            linux.start(sid, self.runtime_root)
+            rt.start(sid)
         except BaseException:
             with contextlib.suppress(Exception):
-                linux.delete(sid, self.runtime_root, force=True)
+                rt.delete(sid, force=True)
             raise
         s.status = "running"
         s.started_at = time.time()
@@ -246,6 +255,12 @@ class Monitor:
             self._close_stdin(s)
         self._broadcast({"event": "start", **s.public()})
         return {"pid": pid}
+
+    def _runtime(self, name: str) -> oci_cli.Runtime:
+        """``berth`` (the in-process library) or an OCI runtime binary, by name or path."""
+        if name == oci_cli.LIBRARY:
+            return self.library
+        return oci_cli.runtime_for(name, self.exec_root, self.runtime_root)
 
     def _pipes(self, s: Session, with_stdin: bool, child_fds: list[int]) -> tuple[int, int, int]:
         if with_stdin:
@@ -266,7 +281,7 @@ class Monitor:
             outs.append(w)
         return stdin, outs[0], outs[1]
 
-    def _create_tty(self, s: Session, req: dict[str, Any]) -> int:
+    def _create_tty(self, s: Session, req: dict[str, Any], rt: oci_cli.Runtime) -> int:
         path = self.dir / s.id / "console.sock"
         with contextlib.suppress(OSError):
             path.unlink()
@@ -274,7 +289,7 @@ class Monitor:
         try:
             listener.bind(str(path))
             listener.listen(1)
-            pid = linux.create(s.id, req["bundle"], self.runtime_root, console_socket=str(path))
+            pid = rt.create(s.id, req["bundle"], console_socket=str(path))
             listener.settimeout(5)
             conn, _ = listener.accept()
             with conn:
@@ -542,7 +557,7 @@ class Monitor:
         # can slip in between (single thread, no await until the delete is done)
         self._broadcast({"event": "exit", **s.public()})
         with contextlib.suppress(Exception):
-            linux.delete(s.id, self.runtime_root, force=True)
+            (s.runtime or self.library).delete(s.id, force=True)
         for c in list(s.clients):
             with contextlib.suppress(Exception):
                 await c.writer.drain()
