@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from berth.daemon.config import parse_args
 from berth.errors import NotFound
 from berth.kernel import ns
 from berth.kernel.cgroups import detect, open_cgroup
@@ -221,3 +222,30 @@ def test_info_lists_runtimes(daemon: Any) -> None:
     info = daemon.client().info()
     assert info["Runtimes"]["runc"] == {"path": "runc"} and "berth" in info["Runtimes"]
     assert info["DefaultRuntime"] == "berth"
+
+
+def test_daemon_runtime_flags() -> None:
+    config, _ = parse_args(["--default-runtime", "mine", "--add-runtime", "mine=/usr/sbin/runc"])
+    assert config.default_runtime == "mine" and config.extra_runtimes == (("mine", "/usr/sbin/runc"),)
+    assert parse_args([])[0].default_runtime == "berth"
+    for argv in (["--default-runtime", "nope"], ["--add-runtime", "x"], ["--add-runtime", "berth=/bin/true"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+
+
+@pytest.mark.root
+@pytest.mark.docker_cli
+def test_default_runtime_flag(berthd_factory: Any) -> None:
+    if oci_cli.binary_for("runc") is None:
+        pytest.skip("runc is not installed (apt-get install runc)")
+    d = berthd_factory(extra_args=("--default-runtime", "mine", "--add-runtime", "mine=runc"))
+    d.docker("load", "-i", str(BUSYBOX))
+    assert d.client().info()["DefaultRuntime"] == "mine"
+    cid = d.docker("run", "-d", "busybox", "sleep", "60").stdout.strip()
+    try:
+        assert json.loads(d.docker("inspect", cid).stdout)[0]["HostConfig"]["Runtime"] == "mine"
+        assert (d.exec_root / "runtime-runc" / cid).is_dir()  # runc's state, not berth's
+        d.docker("stop", "-t", "1", cid)
+        assert d.docker("wait", cid).stdout.strip() == "137"
+    finally:
+        d.docker("rm", "-f", cid, check=False)

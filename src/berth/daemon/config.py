@@ -14,6 +14,8 @@ DEFAULT_DATA_ROOT = "/var/lib/berth"
 DEFAULT_EXEC_ROOT = "/run/berth"
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 STORAGE_DRIVERS = ("auto", "overlayfs", "copy")
+# berth.runtime.oci_cli.RUNTIMES' names, not imported: it pulls in the whole runtime before the lock is taken
+BUILTIN_RUNTIMES = ("berth", "runc", "crun")
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,12 @@ class DaemonConfig:
     pidfile: Path
     log_level: str = "info"
     storage_driver: str = "auto"
+    default_runtime: str = "berth"
+    extra_runtimes: tuple[tuple[str, str], ...] = ()   # --add-runtime name=path
 
     def __post_init__(self) -> None:
+        if self.default_runtime not in BUILTIN_RUNTIMES + tuple(name for name, _ in self.extra_runtimes):
+            raise InvalidArgument(f"unknown or invalid runtime name: {self.default_runtime}")
         if self.log_level not in LOG_LEVELS:
             raise InvalidArgument(f"invalid log level {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
         if self.storage_driver not in STORAGE_DRIVERS:
@@ -64,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--pidfile", default=None, help="pid file (default <exec-root>/berthd.pid)")
     p.add_argument("-l", "--log-level", default="info", choices=LOG_LEVELS)
     p.add_argument("-s", "--storage-driver", default="auto", choices=STORAGE_DRIVERS)
+    p.add_argument("--default-runtime", default=BUILTIN_RUNTIMES[0],
+                   help="OCI runtime for containers that name none (berth, runc, crun or an --add-runtime name)")
+    p.add_argument("--add-runtime", action="append", default=[], metavar="NAME=PATH",
+                   help="register an OCI runtime binary under a name (repeatable)")
     p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
     return p
 
@@ -77,12 +87,28 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[DaemonConfig, bool]:
     except InvalidArgument as err:
         parser.error(str(err))
     exec_root = Path(ns.exec_root).absolute()
-    config = DaemonConfig(
+    extra = []
+    for item in ns.add_runtime:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or name == BUILTIN_RUNTIMES[0]:
+            parser.error(f"invalid --add-runtime {item!r}: use NAME=PATH (and not the name berth)")
+        extra.append((name, path))
+    try:
+        config = _config(ns, sock, exec_root, tuple(extra))
+    except InvalidArgument as err:
+        parser.error(str(err))
+    return config, bool(ns.version)
+
+
+def _config(ns: argparse.Namespace, sock: Path, exec_root: Path,
+            extra_runtimes: tuple[tuple[str, str], ...]) -> DaemonConfig:
+    return DaemonConfig(
         socket=sock,
         data_root=Path(ns.data_root).absolute(),
         exec_root=exec_root,
         pidfile=Path(ns.pidfile).absolute() if ns.pidfile else exec_root / "berthd.pid",
         log_level=ns.log_level,
         storage_driver=ns.storage_driver,
+        default_runtime=ns.default_runtime,
+        extra_runtimes=extra_runtimes,
     )
-    return config, bool(ns.version)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import berth
+from berth.runtime import oci_cli
 
 API_VERSION = "1.44"
 MIN_API_VERSION = "1.24"
@@ -72,6 +73,8 @@ class SystemService:
     data_root: Path
     storage_driver: str = "overlayfs"
     default_runtime: str = "berth"
+    # name -> binary of every runtime a container may ask for (HostConfig.Runtime)
+    runtimes: dict[str, str] = field(default_factory=lambda: dict(oci_cli.RUNTIMES))
     started: float = field(default_factory=time.time)
     engine_id: str = ""
 
@@ -190,7 +193,8 @@ class SystemService:
             "Labels": [],
             "ExperimentalBuild": False,
             "ServerVersion": berth.__version__,
-            "Runtimes": {self.default_runtime: {"path": f"{self.default_runtime}-runtime"}},
+            "Runtimes": {name: {"path": path} for name, path in self.runtimes.items()
+                         if name in (oci_cli.LIBRARY, self.default_runtime) or oci_cli.binary_for(path)},
             "DefaultRuntime": self.default_runtime,
             "Swarm": {
                 "NodeID": "",

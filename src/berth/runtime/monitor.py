@@ -19,6 +19,8 @@ Requests (one JSON line; the answer is one JSON line, except ``attach`` and ``ev
 ``ping``, ``start``, ``attach``, ``resize``, ``list``, ``events``, ``forget``, ``shutdown``, and for exec
 sessions (a process started in a running container through ``berth.runtime.exec``: its own id, stdio and
 attach clients, no log, no exit file) ``exec`` and ``session``; their exits are broadcast as ``exec_exit``.
+``start`` takes a ``runtime``: ``berth`` (the default: ``berth.runtime.linux`` in-process) or an OCI runtime
+binary's name or path (``berth.runtime.oci_cli``); the session keeps it for its state and delete.
 """
 
 from __future__ import annotations
