@@ -24,7 +24,7 @@ from berth.daemon.config import DaemonConfig, parse_args
 from berth.errors import BerthError
 
 if TYPE_CHECKING:
-    from berth.engine.services import Engine
+    pass
 
 log = logging.getLogger("berth.daemon")
 
@@ -88,14 +88,6 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _configure_runtimes(engine: Engine, config: DaemonConfig) -> None:
-    """``--default-runtime`` and ``--add-runtime``, told to the services that validate and report them."""
-    engine.containers.runtimes.update(config.extra_runtimes)
-    engine.containers.default_runtime = config.default_runtime
-    engine.system.runtimes.update(config.extra_runtimes)
-    engine.system.default_runtime = config.default_runtime
-
-
 async def serve(config: DaemonConfig, started: float) -> None:
     """Build everything, listen, and wait for SIGTERM/SIGINT."""
     import asyncio
@@ -109,7 +101,6 @@ async def serve(config: DaemonConfig, started: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     engine = build_engine(config)
-    _configure_runtimes(engine, config)
     try:
         await asyncio.to_thread(start_engine, engine)
         await engine.runner.startup()

@@ -86,6 +86,11 @@ def build_engine(config: DaemonConfig) -> Engine:
     execs = ExecService(containers, runner)
     HealthChecker(containers, runner)  # registers itself as the runner's health hooks
     containers.exec_ids = execs.ids
+    # --default-runtime and --add-runtime, told to the services that validate and report them
+    containers.runtimes.update(config.extra_runtimes)
+    containers.default_runtime = config.default_runtime
+    system.runtimes.update(config.extra_runtimes)
+    system.default_runtime = config.default_runtime
     return Engine(events=events, system=system, images=images, containers=containers, runner=runner,
                   logs=LogService(containers), execs=execs,
                   stats=StatsService(containers, runner.runtime_root), archive=archive, commits=commits)

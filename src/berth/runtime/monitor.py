@@ -38,6 +38,7 @@ import struct
 import sys
 import termios
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,14 +285,24 @@ class Monitor:
         return stdin, outs[0], outs[1]
 
     def _create_tty(self, s: Session, req: dict[str, Any], rt: oci_cli.Runtime) -> int:
-        path = self.dir / s.id / "console.sock"
+        pid = self._with_console(s, self.dir / s.id, lambda sock: rt.create(s.id, req["bundle"], console_socket=sock))
+        h, w = (req.get("console_size") or [0, 0])[:2]
+        if h and w:
+            _set_winsize(s.pty_fd or 0, int(h), int(w))
+        return pid
+
+    def _with_console(self, s: Session, d: Path, spawn: Callable[[str], int]) -> int:
+        """Run ``spawn(console_socket_path)``, receive the pty master the process sends there, make it the
+        session's stdio (runc's --console-socket protocol)."""
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = d / "console.sock"
         with contextlib.suppress(OSError):
             path.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(path))
             listener.listen(1)
-            pid = rt.create(s.id, req["bundle"], console_socket=str(path))
+            pid = spawn(str(path))
             listener.settimeout(5)
             conn, _ = listener.accept()
             with conn:
@@ -304,9 +315,6 @@ class Monitor:
         s.pty_fd = master
         s.stdin_fd = master
         s.out_fds[master] = STDOUT
-        h, w = (req.get("console_size") or [0, 0])[:2]
-        if h and w:
-            _set_winsize(master, int(h), int(w))
         return pid
 
     # --- exec sessions ----------------------------------------------------------------------------
@@ -356,31 +364,12 @@ class Monitor:
 
     def _exec_tty(self, s: Session, cid: str, process: Process, size: tuple[int, int]) -> int:
         d = self.dir / s.id
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = d / "console.sock"
-        with contextlib.suppress(OSError):
-            path.unlink()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            listener.bind(str(path))
-            listener.listen(1)
-            pid = runtime_exec.execute(cid, process, self.runtime_root, console_socket=str(path),
-                                       console_size=size)
-            listener.settimeout(5)
-            conn, _ = listener.accept()
-            with conn:
-                master = _recv_fd(conn)
+            return self._with_console(s, d, lambda sock: runtime_exec.execute(
+                cid, process, self.runtime_root, console_socket=sock, console_size=size))
         finally:
-            listener.close()
-            with contextlib.suppress(OSError):
-                path.unlink()
             with contextlib.suppress(OSError):
                 d.rmdir()
-        os.set_blocking(master, False)
-        s.pty_fd = master
-        s.stdin_fd = master
-        s.out_fds[master] = STDOUT
-        return pid
 
     def op_session(self, req: dict[str, Any]) -> dict[str, Any]:
         """One session's state (an exec's exit code once its attach streams ended)."""
