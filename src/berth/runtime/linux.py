@@ -10,6 +10,7 @@ pidfd whose process start time matches the one recorded at create, so a reused P
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import json
 import os
@@ -18,6 +19,7 @@ import select
 import signal
 import socket
 import stat
+import struct
 import sys
 import time
 from collections.abc import Sequence
@@ -127,11 +129,13 @@ def _now() -> str:
 
 
 def _intermediate(cfg: init.InitConfig, cg: cgroups.Cgroup | None, join: Sequence[tuple[int, int]],
-                  new_flags: int, stdio: Sequence[int]) -> NoReturn:
+                  new_flags: int, stdio: Sequence[int], born_in_unified: bool) -> NoReturn:
     """Joins the cgroup and namespaces, forks the init (PID 1 of a new PID namespace), reports its pid, exits."""
     try:
+        late: cgroups.Cgroup | None = None
         if cg is not None:
-            cg.add(os.getpid())
+            late = _join_cgroup(cg, born_in_unified=born_in_unified,
+                                defer_unified=not new_flags & ns.NAMESPACE_FLAGS["cgroup"])
         for fd, flag in join:
             ns.setns(fd, flag)
             os.close(fd)
@@ -142,11 +146,75 @@ def _intermediate(cfg: init.InitConfig, cg: cgroups.Cgroup | None, join: Sequenc
         pid = os.fork()
         if pid == 0:
             init.run(cfg)
+        if late is not None:
+            # the init sets itself up meanwhile; `create` returns only after both the pid and "ready" came
+            try:
+                late.add(pid)
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)
+                raise
         init.report(cfg.sync_fd, f"pid {pid}")
     except BaseException as e:  # the fork child must end here whatever happened
         init.report(cfg.sync_fd, f"error {e}")
         os._exit(1)
     os._exit(0)
+
+
+def _join_cgroup(cg: cgroups.Cgroup, *, born_in_unified: bool, defer_unified: bool) -> cgroups.Cgroup | None:
+    """Move the calling (single-threaded) process into ``cg``; returns the part left for the init, if any.
+
+    Each ``cgroup.procs`` write takes the global threadgroup lock, whose write side waits for an RCU grace period
+    (10-20 ms here). On v1 hierarchies writing ``0`` to ``tasks`` moves only the calling thread and skips that
+    lock; with one thread that is the whole process, and the init forked next inherits it. The hybrid host's
+    unified hierarchy has no such way: the process is cloned into it (``born_in_unified``, see :func:`_fork_into`)
+    or, with ``defer_unified``, its move is left to the caller, to do on the init while that sets itself up (not
+    with a new cgroup namespace, whose root is taken at unshare).
+    """
+    if not isinstance(cg, cgroups.CgroupV1):
+        if not born_in_unified:
+            cg.add(os.getpid())
+        return None
+    for directory in cg.all_dirs:
+        fd = os.open(directory / "tasks", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+    if cg.unified is None or born_in_unified:
+        return None
+    if defer_unified:
+        return cg.unified
+    cg.unified.add(os.getpid())
+    return None
+
+
+_CLONE_INTO_CGROUP = 0x200000000
+_SYS_CLONE3 = 435  # same number on every architecture
+_pyapi = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held across the call, as in os.fork
+
+
+def _fork_into(cgroup_dir: Path) -> int | None:
+    """``os.fork`` that puts the child straight into the cgroup2 ``cgroup_dir`` (clone3 CLONE_INTO_CGROUP).
+
+    Joining at fork takes only the read side of the threadgroup lock: no RCU grace period, unlike a
+    ``cgroup.procs`` write. None when the kernel (or the architecture's syscall table) refuses; then fork.
+    """
+    try:
+        dir_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        args = ctypes.create_string_buffer(struct.pack(
+            "=11Q", _CLONE_INTO_CGROUP, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, 0, 0, dir_fd), 88)
+        _pyapi.PyOS_BeforeFork()
+        pid = _pyapi.syscall(ctypes.c_long(_SYS_CLONE3), args, ctypes.c_size_t(88))
+        if pid == 0:
+            _pyapi.PyOS_AfterFork_Child()
+            return 0
+        _pyapi.PyOS_AfterFork_Parent()
+        return None if pid < 0 else int(pid)
+    finally:
+        os.close(dir_fd)
 
 
 def _read_sync(fd: int) -> tuple[int, str | None]:
@@ -245,9 +313,11 @@ def create(container_id: str, bundle: str | os.PathLike[str], root: str | os.Pat
                               cgroup_mounts=cg_mounts, cgroup_links=cg_links, rlimits=rlimits, caps=cap_sets,
                               seccomp=spec.linux.seccomp, seccomp_program=program)
         ns.preload()
-        child = os.fork()
+        unified = cg.unified if isinstance(cg, cgroups.CgroupV1) else cg if isinstance(cg, cgroups.CgroupV2) else None
+        born = None if unified is None else _fork_into(unified.dir)
+        child = os.fork() if born is None else born
         if child == 0:
-            _intermediate(cfg, cg, join, new_flags, stdio)
+            _intermediate(cfg, cg, join, new_flags, stdio, born is not None)
         os.close(w)
         try:
             pid, error = _read_sync(r)

@@ -547,13 +547,16 @@ class Monitor:
         # the exit is told before the runtime state goes: deleting (cgroup removal) takes ms, and no request
         # can slip in between (single thread, no await until the delete is done)
         self._broadcast({"event": "exit", **s.public()})
-        with contextlib.suppress(Exception):
-            (s.runtime or self.library).delete(s.id, force=True)
+        # attach streams end before the delete (ms of cgroup removal): `docker run` returns when its stream ends;
+        # the FIN goes at once when nothing is buffered (close() alone waits for this callback to return)
         for c in list(s.clients):
-            with contextlib.suppress(Exception):
-                await c.writer.drain()
+            if not c.writer.transport.get_write_buffer_size():
+                with contextlib.suppress(OSError):
+                    c.writer.get_extra_info("socket").shutdown(socket.SHUT_WR)
             c.writer.close()
         s.clients.clear()
+        with contextlib.suppress(Exception):
+            (s.runtime or self.library).delete(s.id, force=True)
 
     def recover(self) -> None:
         """After a monitor restart: containers whose init still runs are not ours to reap, but known."""
