@@ -2,44 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-from collections.abc import Callable
 
 import pytest
 
 from berth.errors import InvalidArgument
 from berth.kernel import caps
 from berth.kernel.caps import CAPS, CapSets
+from berth.testing.forked import in_child
 
 DOCKER_MASK = 0x00000000A80425FB
-
-
-def in_child(fn: Callable[[], object]) -> object:
-    """Run ``fn`` in a forked child (so the test process keeps its capabilities) and return its JSON result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.close(r)
-            try:
-                out = json.dumps({"ok": fn()})
-            except BaseException as err:
-                out = json.dumps({"err": f"{type(err).__name__}: {err}"})
-            os.write(w, out.encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), f"child died: status {status:#x}"
-    result = json.loads(b"".join(chunks))
-    assert "err" not in result, result["err"]
-    return result["ok"]
 
 
 def test_parse_names() -> None:

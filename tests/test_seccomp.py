@@ -21,6 +21,7 @@ from berth.errors import InvalidArgument, NotImplementedYet
 from berth.kernel import caps, seccomp
 from berth.kernel.caps import CAPS, CapSets
 from berth.runtime.seccomp_profile import docker_default, render
+from berth.testing.forked import in_child
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -66,32 +67,6 @@ def run_bpf(prog: bytes, nr: int, args: tuple[int, ...] = (), arch: int = seccom
             return acc
         else:
             raise AssertionError(f"unexpected opcode {code:#x}")
-
-
-def in_child(fn: Callable[[], object]) -> object:
-    """Run ``fn`` in a forked child and return its JSON result (the filter dies with the child)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.close(r)
-            try:
-                out = json.dumps({"ok": fn()})
-            except BaseException as err:
-                out = json.dumps({"err": f"{type(err).__name__}: {err}"})
-            os.write(w, out.encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    os.close(r)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), f"child died: status {status:#x}"
-    result = json.loads(b"".join(chunks))
-    assert "err" not in result, result["err"]
-    return result["ok"]
 
 
 def raw(nr: int, *args: int) -> int:
