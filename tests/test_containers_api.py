@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from typing import Any
 
@@ -134,3 +135,24 @@ def test_filters_and_prune(daemon: Any) -> None:
     assert names() == []
     info = json.loads(daemon.docker("info", "--format", "{{json .}}").stdout)
     assert info["Containers"] == 0
+
+
+def test_orphans_of_an_interrupted_rm_are_reaped_at_start(daemon: Any) -> None:
+    cid = daemon.docker("create", "busybox", "true").stdout.strip()
+    daemon.terminate()
+    with sqlite3.connect(daemon.data_root / "berth.db") as db:  # the record went, the cleanup did not
+        db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+    assert (daemon.data_root / "containers" / cid).exists()
+    assert _snapshot_rows(daemon, cid)
+    daemon.start()
+    assert not (daemon.data_root / "containers" / cid).exists()
+    assert _snapshot_rows(daemon, cid) == []
+
+
+def _snapshot_rows(daemon: Any, key: str) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = []
+    for path in (daemon.data_root / "snapshots").glob("*/metadata.db"):
+        with sqlite3.connect(path) as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            rows += [r for t in tables for r in db.execute(f"SELECT * FROM {t}") if key in map(str, r)]
+    return rows

@@ -27,7 +27,7 @@ from berth.metadata.containers import ContainerDB
 from berth.oci.digest import is_hex_id
 from berth.oci.reference import parse_tagged
 from berth.runtime import jsonlog, oci_cli
-from berth.snapshots.base import Snapshotter
+from berth.snapshots.base import Kind, Snapshotter
 from berth.units import human_duration
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -446,12 +446,25 @@ class ContainerService:
         self._destroy(cid, name, doc)
 
     def _destroy(self, cid: str, name: str, doc: dict[str, Any]) -> None:
-        with contextlib.suppress(NotFound):
-            self.snapshotter.remove(cid)
-        self._drop_files(cid)
+        # the record goes first, so `wait?condition=removed` is answered without waiting for the disk work;
+        # a crash before the cleanup below leaves orphans that reap_orphans removes at the next start
         self.db.delete(cid)
         self.on_destroy(cid)
         self.events.publish("container", "destroy", cid, self.attributes(name, doc))
+        with contextlib.suppress(NotFound):
+            self.snapshotter.remove(cid)
+        self._drop_files(cid)
+
+    def reap_orphans(self, known: set[str]) -> None:
+        """Remove container snapshots and directories that no record owns (a crash in the middle of ``rm``)."""
+        for info in list(self.snapshotter.walk()):
+            if info.kind == Kind.ACTIVE and is_hex_id(info.key, 64) and info.key not in known:
+                with contextlib.suppress(NotFound, Conflict):
+                    self.snapshotter.remove(info.key)
+        if self.paths.root.is_dir():
+            for d in self.paths.root.iterdir():
+                if is_hex_id(d.name, 64) and d.name not in known:
+                    shutil.rmtree(d, ignore_errors=True)
 
     def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
         for key in filters:

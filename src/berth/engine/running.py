@@ -84,6 +84,7 @@ class ContainerRunner:
         """Reconcile with the monitor when containers were running (the monitor itself starts on first use)."""
         active = [cid for cid, _name, doc in await asyncio.to_thread(self.containers.db.all)
                   if State(doc["State"]["Status"]).is_active()]
+        await asyncio.to_thread(self._reap_orphans)
         if not active and self.monitor.pid() is None:
             return
         await self._connect()
@@ -269,7 +270,9 @@ class ContainerRunner:
                              "OOMKilled": oom, "Pid": 0, "ExitCode": code,
                              "FinishedAt": _rfc3339(float(finished))})
         self.containers.db.update(cid, doc)
-        self._release_bundle(cid)
+        auto_remove = bool(doc["HostConfig"].get("AutoRemove"))
+        if not auto_remove:  # with --rm the removal unmounts it, after the waiters have their answer
+            self._release_bundle(cid)
         attrs = self.containers.attributes(name, doc)
         if oom:
             self.containers.events.publish("container", "oom", cid, attrs)
@@ -281,7 +284,7 @@ class ContainerRunner:
             exit_futs, waiters.exit = waiters.exit, []
             # scheduled before the removal resolves the "removed" waiters (FIFO), which read the exit code
             loop.call_soon_threadsafe(_resolve_all, exit_futs, {"StatusCode": code, "Error": None})
-        if doc["HostConfig"].get("AutoRemove"):
+        if auto_remove:
             with contextlib.suppress(BerthError):
                 self.containers.remove(cid, True, False)
         return doc, code, started
@@ -324,6 +327,15 @@ class ContainerRunner:
                 except BerthError as e:
                     log.warning("restart of %s failed: %s", cid[:12], e)
         st.task = asyncio.create_task(later())
+
+    def _reap_orphans(self) -> None:
+        """After a crash between a record's removal and its cleanup: unmount bundles, drop their leftovers."""
+        known = {cid for cid, _name, _doc in self.containers.db.all()}
+        if self.bundles.is_dir():
+            for bundle in self.bundles.iterdir():
+                if bundle.name not in known:
+                    self._release_bundle(bundle.name)
+        self.containers.reap_orphans(known)
 
     def _destroyed(self, cid: str) -> None:
         """Called (from a worker thread) when a container record is removed."""
