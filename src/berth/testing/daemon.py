@@ -54,6 +54,15 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def _remove_empty_cgroup_parents() -> None:
+    """The engine's cgroup parents (``berth``) in every hierarchy, when no container is left in them: rmdir
+    refuses a cgroup that still has children or processes, so another daemon's containers are safe."""
+    import glob
+    for parent in glob.glob("/sys/fs/cgroup/*/berth") + glob.glob("/sys/fs/cgroup/berth"):
+        with contextlib.suppress(OSError):
+            os.rmdir(parent)
+
+
 def request(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None,
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection: status, lower-cased headers, body; the connection is closed after."""
@@ -225,6 +234,7 @@ class BerthDaemon:
         finally:
             # the container monitor outlives berthd by design (live restore): a test run ends it by hand
             stop_monitor(self.exec_root, kill_containers=True)
+            _remove_empty_cgroup_parents()
             for root in (self.data_root, self.exec_root):
                 unmount_under(root)
             if self._own_base:
