@@ -1,4 +1,4 @@
-"""Docker's human-readable units (docker/go-units): sizes and durations, shared by the engine and the CLI.
+"""Docker's human-readable units (docker/go-units): sizes, durations and timestamps, shared by engine and CLI.
 
 The bottom layer: imports only the standard library.
 """
@@ -6,6 +6,7 @@ The bottom layer: imports only the standard library.
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 _DECIMAL = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
 _BINARY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
@@ -56,3 +57,8 @@ def human_duration(seconds: float) -> str:
     if hours < 24 * 365 * 2:
         return f"{hours // 24 // 30} months"
     return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def now_rfc3339() -> str:
+    """The current time as dockerd stamps records: RFC 3339 in UTC with microseconds (``...05.123456Z``)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

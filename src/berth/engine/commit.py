@@ -15,7 +15,6 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +27,13 @@ from berth.kernel import cgroups
 from berth.oci import media
 from berth.oci.descriptor import Descriptor
 from berth.oci.image import ImageConfig
-from berth.oci.reference import Reference, parse
+from berth.oci.reference import parse_target
 from berth.runtime import linux
+from berth.units import now_rfc3339
 
 log = logging.getLogger("berth.engine")
 
 _DROPPED_KEYS = ("id", "parent", "container", "container_config", "docker_version")
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def target_ref(repo: str, tag: str) -> Reference:
-    """``repo`` plus ``tag`` (``latest`` when none) as a tagged reference; digests are refused."""
-    ref = parse(repo)
-    if ref.digest is not None:
-        raise InvalidArgument("invalid reference format")
-    if tag:
-        if ref.tag is not None:
-            raise InvalidArgument("invalid reference format")
-        return ref.with_tag(tag)
-    return ref.with_default_tag()
 
 
 def commit_config(requested: dict[str, Any] | None, changes: Sequence[str],
@@ -119,7 +103,7 @@ class CommitService:
         cid, name, doc = self.containers.resolve(ref)
         if doc["State"]["Status"] in ("removing", "dead"):
             raise Conflict(f"cannot commit container {cid}: container is marked for removal")
-        target = target_ref(repo, tag) if repo else None
+        target = parse_target(repo, tag) if repo else None
         try:
             base = self.store.db.get(doc["Image"])
         except NotFound:
@@ -133,7 +117,7 @@ class CommitService:
         try:
             with self._paused(cid, doc, pause), open(layer_file, "w+b") as f:
                 diff_id = self.archive.write_layer(cid, f)
-            created = _now()
+            created = now_rfc3339()
             history: dict[str, Any] = {"created": created}
             if author:
                 history["author"] = author

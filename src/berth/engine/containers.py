@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,7 +28,7 @@ from berth.oci.digest import is_hex_id
 from berth.oci.reference import parse_tagged
 from berth.runtime import jsonlog, oci_cli
 from berth.snapshots.base import Kind, Snapshotter
-from berth.units import human_duration
+from berth.units import human_duration, now_rfc3339
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -101,10 +101,6 @@ class ContainerPaths:
 
     def log(self, cid: str) -> Path:
         return self.dir(cid) / f"{cid}-json.log"
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _unix(text: str) -> float:

@@ -23,7 +23,7 @@ from berth.images.importer import import_rootfs
 from berth.images.store import ImageStore
 from berth.metadata.images import ImageRecord
 from berth.oci.digest import is_hex_id
-from berth.oci.reference import Reference, parse, parse_tagged
+from berth.oci.reference import parse, parse_tagged, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -333,23 +333,12 @@ class ImageService:
 
     def import_(self, stream: BinaryIO, repo: str, tag: str, changes: list[str], message: str,
                 source: str) -> str:
-        tags = [self._target_ref(repo, tag)] if repo else []
+        tags = [parse_target(repo, tag)] if repo else []
         result = import_rootfs(self.store, stream, tags, changes=changes, message=message, source=source)
         for old_tag, old_id in result.untagged:
             self.events.publish("image", "untag", old_id, {"name": parse_tagged(old_tag).familiar()})
         self.events.publish("image", "import", result.image_id, {"name": result.image_id})
         return result.image_id
-
-    @staticmethod
-    def _target_ref(repo: str, tag: str) -> Reference:
-        ref = parse(repo)
-        if ref.digest is not None:
-            raise InvalidArgument("invalid reference format")
-        if tag:
-            if ref.tag is not None:
-                raise InvalidArgument("invalid reference format")
-            return ref.with_tag(tag)
-        return ref.with_default_tag()
 
     def bootstrap(self, name: str, emit: Emit) -> str:
         from berth.images import bootstrap

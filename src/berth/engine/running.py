@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from berth.engine.containers import ContainerService, State, now_rfc3339, parse_signal
+from berth.engine.containers import ContainerService, State, parse_signal
 from berth.engine.spec import container_spec
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound, NotModified
 from berth.kernel import cgroups
@@ -30,6 +30,7 @@ from berth.kernel.mount import is_mountpoint, mount_all, unmount_under
 from berth.runtime import oci_cli
 from berth.runtime.monitor import runtime_root
 from berth.runtime.monitor_client import MonitorClient
+from berth.units import now_rfc3339
 
 log = logging.getLogger("berth.engine")
 

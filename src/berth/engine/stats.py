@@ -14,7 +14,6 @@ import re
 import subprocess
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from berth.kernel import cgroups
 from berth.runtime import linux
 from berth.runtime.state import State as RuntimeState
 from berth.runtime.state import Status
+from berth.units import now_rfc3339
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 STATS_INTERVAL_S = 1.0
@@ -36,10 +36,6 @@ UPDATE_NUMBERS = ("BlkioWeight", "CpuShares", "NanoCpus", "CpuPeriod", "CpuQuota
 _BLKIO_KEYS = ("io_service_bytes_recursive", "io_serviced_recursive", "io_queue_recursive",
                "io_service_time_recursive", "io_wait_time_recursive", "io_merged_recursive", "io_time_recursive",
                "sectors_recursive")
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def zero_cpu() -> dict[str, Any]:
@@ -203,7 +199,7 @@ class StatsService:
         blkio = dict.fromkeys(_BLKIO_KEYS)
         blkio["io_service_bytes_recursive"] = raw.get("blkio_stats", {}).get("io_service_bytes_recursive") or None
         out: dict[str, Any] = {
-            "name": "/" + name, "id": cid, "read": _now(), "preread": ZERO_TIME,
+            "name": "/" + name, "id": cid, "read": now_rfc3339(), "preread": ZERO_TIME,
             "pids_stats": raw.get("pids_stats", {}), "blkio_stats": blkio, "num_procs": 0, "storage_stats": {},
             "cpu_stats": cpu, "precpu_stats": zero_cpu(), "memory_stats": raw.get("memory_stats", {}),
         }

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from berth.images.changes import apply_changes
 from berth.images.store import ImageStore
 from berth.oci.image import ImageConfig
 from berth.oci.reference import Reference
+from berth.units import now_rfc3339
 
 
 @dataclass(frozen=True)
 class Imported:
     image_id: str
     untagged: tuple[tuple[str, str], ...]
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def import_rootfs(store: ImageStore, stream: BinaryIO, tags: list[Reference], *, changes: list[str] | None = None,

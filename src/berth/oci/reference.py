@@ -130,3 +130,12 @@ def _split_domain(name: str) -> tuple[str, str]:
 def parse_tagged(text: str) -> Reference:
     """Parse and apply the default tag (``busybox`` → ``busybox:latest``)."""
     return parse(text).with_default_tag()
+
+
+def parse_target(repo: str, tag: str = "") -> Reference:
+    """``repo`` plus an optional separate ``tag`` (``docker import REPO TAG``, ``docker commit``) as a tagged
+    reference, ``latest`` by default; a digest, or a tag given twice, is ``invalid reference format``."""
+    ref = parse(repo)
+    if ref.digest is not None or (tag and ref.tag is not None):
+        raise _invalid()
+    return ref.with_tag(tag) if tag else ref.with_default_tag()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import datetime
 import json
 import os
 import resource
@@ -33,6 +32,7 @@ from berth.kernel import seccomp as kseccomp
 from berth.oci.runtime_spec import Spec
 from berth.runtime import init
 from berth.runtime.state import DEFAULT_ROOT, EXEC_FIFO, State, StateDir, Status, process_start_time
+from berth.units import now_rfc3339
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 DEFAULT_CGROUP_PARENT = "berth-runtime"
@@ -122,10 +122,6 @@ def _cgroup_mounts(cgroup_path: str) -> tuple[tuple[init.CgroupMount, ...], tupl
             if entry.is_symlink():
                 links.append((entry.name, os.readlink(entry.path)))
     return tuple(mounts), tuple(links)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _intermediate(cfg: init.InitConfig, cg: cgroups.Cgroup | None, join: Sequence[tuple[int, int]],
@@ -325,7 +321,7 @@ def create(container_id: str, bundle: str | os.PathLike[str], root: str | os.Pat
             os.waitpid(child, 0)
         if error is not None:
             raise InternalError(f"unable to start container process: {error}")
-        states.save(State(id=container_id, pid=pid, bundle=bundle_path, rootfs=rootfs, created=_now(),
+        states.save(State(id=container_id, pid=pid, bundle=bundle_path, rootfs=rootfs, created=now_rfc3339(),
                           cgroup_path=cgroup_path, pid_start=process_start_time(pid) or 0,
                           status=Status.CREATED, annotations=dict(spec.annotations)))
         if pid_file:
