@@ -22,9 +22,6 @@ import os
 import resource
 import select
 import signal
-import socket
-import stat
-import struct
 import termios
 import time
 from collections.abc import Sequence
@@ -37,14 +34,10 @@ from berth.kernel import cgroups, ns
 from berth.kernel import seccomp as kseccomp
 from berth.oci.runtime_spec import Process
 from berth.runtime import init
-from berth.runtime.linux import load_spec, seccomp_program
+from berth.runtime.linux import connect_console, load_spec, seccomp_program
 from berth.runtime.state import DEFAULT_ROOT, StateDir, Status, process_start_time
 
 START_TIMEOUT_S = 10.0
-DEVPTS_SUPER_MAGIC = 0x1CD1
-_TIOCGPTN = 0x80045430
-_TIOCSPTLCK = 0x40045431
-_TIOCGPTPEER = 0x5441
 _MAX_FD = 1 << 20
 
 
@@ -96,13 +89,7 @@ def execute(container_id: str, process: Process, root: str | os.PathLike[str] = 
             raise Conflict("cannot exec in a stopped container")
         console_fd = None
         if console_socket is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(console_socket)
-            except OSError as e:
-                sock.close()
-                raise InvalidArgument(f"connect to console socket {console_socket}: {e.strerror}") from None
-            console_fd = sock.detach()
+            console_fd = connect_console(console_socket)
             opened.append(console_fd)
         cg = cgroups.open_cgroup(st.cgroup_path) if st.cgroup_path else None
         r, w = os.pipe2(os.O_CLOEXEC)
@@ -274,29 +261,7 @@ def _set_user(process: Process, caps: kcaps.CapSets | None) -> None:
 
 def _console(console_fd: int, size: tuple[int, int] | None) -> None:
     """A pty from the container's own devpts; the master goes over the console socket, the peer becomes stdio."""
-    try:
-        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as e:
-        raise init.InitError(f"open /dev/ptmx: {e.strerror}") from None
-    try:
-        st = os.fstat(master)
-        if ns.fstatfs_type(master) != DEVPTS_SUPER_MAGIC and not (
-                stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(5, 2)):
-            raise init.InitError("/dev/ptmx is neither on devpts nor the ptmx device")
-        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0\0\0\0"))[0]
-        if size and size[0] > 0 and size[1] > 0:
-            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
-        # open the peer through the master, never by /dev/pts/N path (CVE-2025-52565)
-        peer = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        sock = socket.socket(fileno=console_fd)
-        try:
-            socket.send_fds(sock, [f"/dev/pts/{number}".encode()], [master])
-        finally:
-            sock.detach()
-            os.close(console_fd)
-    finally:
-        os.close(master)
+    peer = init.open_pty(console_fd, size)
     try:
         for fd in (0, 1, 2):
             os.dup2(peer, fd)

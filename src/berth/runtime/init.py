@@ -24,6 +24,7 @@ import socket
 import stat
 import struct
 import sys
+import termios
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -278,14 +279,27 @@ def pivot(rootfs: str) -> None:
 # -- after pivot_root ----------------------------------------------------------------------------------------
 
 
-def setup_console(console_fd: int) -> None:
-    """Open a pty in the container's devpts, send the master over the console socket, make the peer stdio."""
-    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+DEVPTS_SUPER_MAGIC = 0x1CD1
+
+
+def open_pty(console_fd: int, size: tuple[int, int] | None = None) -> int:
+    """A pty from the container's own devpts: the master goes over the console socket (runc's protocol), the
+    peer fd is returned. Used by the container's init and by exec."""
     try:
+        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise InitError(f"open /dev/ptmx: {e.strerror}") from None
+    try:
+        st = os.fstat(master)
+        if ns.fstatfs_type(master) != DEVPTS_SUPER_MAGIC and not (
+                stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(5, 2)):
+            raise InitError("/dev/ptmx is neither on devpts nor the ptmx device")
         fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
         number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0\0\0\0"))[0]
+        if size and size[0] > 0 and size[1] > 0:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
         # open the peer through the master, never by /dev/pts/N path (CVE-2025-52565)
-        peer = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        peer: int = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
         sock = socket.socket(fileno=console_fd)
         try:
             socket.send_fds(sock, [f"/dev/pts/{number}".encode()], [master])
@@ -294,6 +308,12 @@ def setup_console(console_fd: int) -> None:
             os.close(console_fd)
     finally:
         os.close(master)
+    return peer
+
+
+def setup_console(console_fd: int) -> None:
+    """Open a pty in the container's devpts, send the master over the console socket, make the peer stdio."""
+    peer = open_pty(console_fd)
     try:
         if not os.path.lexists("/dev/console"):
             os.close(os.open("/dev/console", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))

@@ -124,6 +124,17 @@ def _cgroup_mounts(cgroup_path: str) -> tuple[tuple[init.CgroupMount, ...], tupl
     return tuple(mounts), tuple(links)
 
 
+def connect_console(path: str) -> int:
+    """A connected fd on the caller's console socket (runc's --console-socket), to send the pty master over."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise InvalidArgument(f"connect to console socket {path}: {e.strerror}") from None
+    return sock.detach()
+
+
 def _intermediate(cfg: init.InitConfig, cg: cgroups.Cgroup | None, join: Sequence[tuple[int, int]],
                   new_flags: int, stdio: Sequence[int], born_in_unified: bool) -> NoReturn:
     """Joins the cgroup and namespaces, forks the init (PID 1 of a new PID namespace), reports its pid, exits."""
@@ -282,13 +293,7 @@ def create(container_id: str, bundle: str | os.PathLike[str], root: str | os.Pat
         opened.append(fifo_fd)
         console_fd = None
         if console_socket is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(console_socket)
-            except OSError as e:
-                sock.close()
-                raise InvalidArgument(f"connect to console socket {console_socket}: {e.strerror}") from None
-            console_fd = sock.detach()
+            console_fd = connect_console(console_socket)
             opened.append(console_fd)
         join: list[tuple[int, int]] = []
         new_flags = 0
