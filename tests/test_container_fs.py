@@ -388,6 +388,9 @@ def test_diff_export_commit(daemon: Any, tmp_path: Path) -> None:
         assert len(info["RootFS"]["Layers"]) == len(base["RootFS"]["Layers"]) + 1
         history = daemon.client().api.history(f"{repo}:v1")
         assert history[0]["Comment"] == "a message"
+        assert _top_layer_names(daemon, f"{repo}:v1", tmp_path) >= {"tmp/new", "etc/passwd", "etc/.wh.group"}
+        assert not {"etc/hostname", "etc/hosts", "etc/resolv.conf", "dev/console"} & _top_layer_names(
+            daemon, f"{repo}:v1", tmp_path)  # the runtime's mount points stay out of the layer (init layer)
 
         # docker-py: no changes, a body config, no tag; then an unchanged container of the new image diffs empty
         plain = daemon.client().api.commit(ctr, conf={"Labels": {"x3": "yes"}})
@@ -404,6 +407,17 @@ def test_diff_export_commit(daemon: Any, tmp_path: Path) -> None:
         daemon.docker("rm", "-f", ctr, check=False)
 
 
+def _top_layer_names(daemon: Any, image: str, tmp_path: Path) -> set[str]:
+    """The entry names of an image's top layer, read from ``docker save``."""
+    daemon.docker("save", "-o", str(tmp_path / "saved.tar"), image)
+    with tarfile.open(tmp_path / "saved.tar") as outer:
+        manifest = json.load(outer.extractfile("manifest.json"))  # type: ignore[arg-type]
+        layer = outer.extractfile(manifest[0]["Layers"][-1])
+        assert layer is not None
+        with tarfile.open(fileobj=layer) as inner:
+            return {n.rstrip("/") for n in inner.getnames()}
+
+
 @pytest.mark.root
 @pytest.mark.docker_cli
 def test_copy_snapshotter_cp_diff_commit(berthd_factory: Any, tmp_path: Path) -> None:
@@ -417,5 +431,7 @@ def test_copy_snapshotter_cp_diff_commit(berthd_factory: Any, tmp_path: Path) ->
     daemon.docker("cp", str(tmp_path / "in.txt"), "c1:/tmp/")
     assert _cat(daemon, "c1", "/tmp/in.txt") == b"copied\n"
     daemon.docker("commit", "c1", "x3copy:latest")
+    assert _top_layer_names(daemon, "x3copy:latest", tmp_path) == {"etc", "etc/.wh.group", "tmp", "tmp/new",
+                                                                    "tmp/in.txt"}
     out = daemon.docker("run", "--rm", "x3copy", "sh", "-c", "cat /tmp/new /tmp/in.txt; ls /etc/group", check=False)
     assert out.stdout == "new\ncopied\n" and out.returncode == 1

@@ -807,8 +807,20 @@ class ArchiveService:
         self.containers.events.publish("container", "export", cid, self.containers.attributes(name, doc))
 
     def write_layer(self, cid: str, out: BinaryIO) -> Digest:
-        """The container's changes as an uncompressed layer tar; returns its diff ID."""
+        """The container's changes as an uncompressed layer tar, without the runtime's mount points (Docker's
+        init layer); returns its diff ID."""
         lay = self.layout(cid)
-        if lay.overlay:
-            return write_overlay_diff(lay.upper, out)
-        return write_tree_diff(lay.lowers[0] if lay.lowers else None, lay.upper, out)
+        lowers = [os.open(lower, _DIR_OPEN) for lower in lay.lowers]
+        try:
+            def placeholder(rel: str, fd: int, name: str, st: os.stat_result) -> bool:
+                path = "/" + rel
+                if any(_lstat_below(lfd, rel.split("/")) for lfd in lowers):
+                    return stat.S_ISDIR(st.st_mode) and _only_placeholders(fd, name, path)
+                return _init_placeholder(path, st)
+
+            if lay.overlay:
+                return write_overlay_diff(lay.upper, out, skip=placeholder)
+            return write_tree_diff(lay.lowers[0] if lay.lowers else None, lay.upper, out, skip=placeholder)
+        finally:
+            for lfd in lowers:
+                os.close(lfd)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -197,6 +197,10 @@ class _TarWriter:
         return Digest("sha256", self._hash.hexdigest())
 
 
+# (archive path, parent dir fd, name, lstat) -> leave this node out of a diff
+Skip = Callable[[str, int, str, os.stat_result], bool]
+
+
 def _open_root(path: str | os.PathLike[str]) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -248,13 +252,16 @@ def _is_whiteout(fd: int, name: str, st: os.stat_result, xattrs: dict[str, bytes
                 and any(k in xattrs for k in _XWHITEOUT_XATTRS))
 
 
-def write_overlay_diff(upper: str | os.PathLike[str], out: BinaryIO) -> Digest:
+def write_overlay_diff(upper: str | os.PathLike[str], out: BinaryIO, skip: Skip | None = None) -> Digest:
     """The layer tar of an overlayfs upperdir: char 0/0 nodes become ``.wh.<name>``, opaque dirs get
-    ``<dir>/.wh..wh..opq``, overlay's own ``trusted.overlay.*`` xattrs are left out."""
+    ``<dir>/.wh..wh..opq``, overlay's own ``trusted.overlay.*`` xattrs are left out. Nodes ``skip`` picks are
+    not written (their children are still visited)."""
     w = _TarWriter(out)
     root_fd = _open_root(upper)
     try:
         for path, fd, name, st in walk_tree(root_fd):
+            if skip is not None and skip(path, fd, name, st):
+                continue
             xattrs = None if stat.S_ISLNK(st.st_mode) else fsops.xattrs_at(fd, name)
             if _is_whiteout(fd, name, st, xattrs):
                 w.whiteout(path.rpartition("/")[0], WHITEOUT_PREFIX + name, st)
@@ -280,9 +287,11 @@ def _same(a: os.stat_result, b: os.stat_result, ax: dict[str, bytes], bx: dict[s
     return stat.S_ISDIR(a.st_mode) or a.st_size == b.st_size
 
 
-def write_tree_diff(lower: str | os.PathLike[str] | None, upper: str | os.PathLike[str], out: BinaryIO) -> Digest:
+def write_tree_diff(lower: str | os.PathLike[str] | None, upper: str | os.PathLike[str], out: BinaryIO,
+                    skip: Skip | None = None) -> Digest:
     """The layer tar that turns the tree ``lower`` into the tree ``upper`` (copy snapshotter): added and
-    changed entries, ``.wh.<name>`` for removed ones. With no ``lower``, the whole of ``upper``."""
+    changed entries, ``.wh.<name>`` for removed ones. With no ``lower``, the whole of ``upper``. Added nodes
+    that ``skip`` picks are not written."""
     if lower is None:
         return write_tree(upper, out)
     w = _TarWriter(out)
@@ -314,6 +323,11 @@ def write_tree_diff(lower: str | os.PathLike[str] | None, upper: str | os.PathLi
                 continue
             ux = {} if stat.S_ISLNK(ust.st_mode) else fsops.xattrs_at(ufd, name)
             both_dirs = lst is not None and stat.S_ISDIR(lst.st_mode) and stat.S_ISDIR(ust.st_mode)
+            if lst is None and skip is not None and skip(path, ufd, name, ust):
+                if stat.S_ISDIR(ust.st_mode):
+                    sub = os.open(name, _DIR_OPEN, dir_fd=ufd)
+                    stack.append((-1, sub, path, iter(sorted(os.listdir(sub)))))
+                continue
             if lst is None or not both_dirs:
                 changed = lst is None or not _same(lst, ust, _lx(lfd, name, lst), ux)
                 if changed or (stat.S_ISLNK(ust.st_mode)
