@@ -90,6 +90,31 @@ def test_create_body_maps_flags(tmp_path: Path) -> None:
     assert info.value.status == 125
 
 
+def _body(argv: list[str]) -> dict[str, Any]:
+    return create_body(Any, _parser(CREATE).parse(argv), run=False)  # type: ignore[arg-type]
+
+
+def test_create_body_health_dns_and_volumes_from() -> None:
+    body = _body(["--health-cmd", "wget -q localhost", "--health-interval", "1m30s", "--health-timeout", "500ms",
+                  "--health-retries", "2", "--health-on-failure", "restart", "--dns-search", "corp",
+                  "--dns-option", "ndots:2", "--volumes-from", "other:ro", "--network", "net1", "--ip", "10.9.0.5",
+                  "busybox"])
+    assert body["Healthcheck"] == {"Test": ["CMD-SHELL", "wget -q localhost"], "Interval": 90_000_000_000,
+                                   "Timeout": 500_000_000, "Retries": 2}
+    hc = body["HostConfig"]
+    assert hc["HealthOnFailure"] == "restart" and hc["DnsSearch"] == ["corp"] and hc["DnsOptions"] == ["ndots:2"]
+    assert hc["VolumesFrom"] == ["other:ro"]
+    assert body["NetworkingConfig"]["EndpointsConfig"]["net1"]["IPAMConfig"] == {"IPv4Address": "10.9.0.5"}
+    assert _body(["--no-healthcheck", "busybox"])["Healthcheck"] == {"Test": ["NONE"]}
+    assert "Healthcheck" not in _body(["busybox"])
+    for argv, message in ((["--no-healthcheck", "--health-retries", "1"], "--no-healthcheck conflicts with"),
+                          (["--health-interval=-1s"], "--health-interval cannot be negative"),
+                          (["--health-timeout", "soon"], 'time: invalid duration "soon"')):
+        with pytest.raises(CliError) as info:
+            _body([*argv, "busybox"])
+        assert message in info.value.message and info.value.status == 125
+
+
 def test_detach_keys_and_stdin_pump() -> None:
     assert parse_detach_keys("ctrl-p,ctrl-q") == b"\x10\x11"
     assert parse_detach_keys("ctrl-x,x,ctrl-@,ctrl-[") == b"\x18x\x00\x1b"
@@ -382,3 +407,23 @@ def test_run_errors(daemon: BerthDaemon) -> None:
     assert res.returncode == 125 and "No such image" in res.stderr
     res = berth(daemon, "inspect", "--type", "bogus", "x")
     assert res.returncode == 1 and res.stderr.startswith('unknown type: "bogus"')
+
+
+@pytest.mark.root
+@pytest.mark.docker_cli
+def test_run_health_flags_and_health_on_failure(daemon: BerthDaemon) -> None:
+    """``berth run --health-*``: a failing probe turns the container unhealthy and ``--health-on-failure kill``
+    (berth's own flag) ends it."""
+    ok(daemon, "run", "-d", "--name", "x4-health", "--health-cmd", "exit 1", "--health-interval", "200ms",
+       "--health-retries", "1", "--health-on-failure", "kill", "busybox", "sleep", "300")
+    try:
+        info = json.loads(ok(daemon, "inspect", "x4-health"))[0]
+        assert info["Config"]["Healthcheck"]["Test"] == ["CMD-SHELL", "exit 1"]
+        assert info["HostConfig"]["HealthOnFailure"] == "kill"
+        deadline = time.monotonic() + 20
+        while ok(daemon, "inspect", "-f", "{{.State.Status}}", "x4-health") == "running\n":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert ok(daemon, "inspect", "-f", "{{.State.Health.Status}}", "x4-health") == "unhealthy\n"
+    finally:
+        berth(daemon, "rm", "-f", "x4-health")

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from berth.engine.health import Healthcheck, _go_duration
+from berth.engine.health import Healthcheck
 from berth.testing.rootfs import FIXTURES
+from berth.units import go_duration, parse_go_duration
 
 BUSYBOX = FIXTURES / "busybox-docker-save.tar"
 FAST = ["--health-interval", "200ms", "--health-retries", "2"]
@@ -57,10 +58,16 @@ def test_healthcheck_defaults_and_forms() -> None:
 
 
 def test_go_duration() -> None:
-    assert _go_duration(200_000_000) == "200ms"
-    assert _go_duration(30_000_000_000) == "30s"
-    assert _go_duration(1_500_000_000) == "1.5s"
-    assert _go_duration(90_000_000_000) == "1m30s"
+    assert go_duration(200_000_000) == "200ms"
+    assert go_duration(30_000_000_000) == "30s"
+    assert go_duration(1_500_000_000) == "1.5s"
+    assert go_duration(90_000_000_000) == "1m30s"
+    assert go_duration(0) == "0s" and go_duration(3_723_000_000_000) == "1h2m3s"
+    for text in ("200ms", "30s", "1.5s", "1m30s", "1h2m3s"):
+        value = parse_go_duration(text)
+        assert value is not None and go_duration(value) == text
+    assert parse_go_duration("-1s") == -1_000_000_000 and parse_go_duration("0") == 0
+    assert parse_go_duration("soon") is None and parse_go_duration("1") is None
 
 
 # --- through the daemon -----------------------------------------------------------------------------------

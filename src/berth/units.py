@@ -6,7 +6,14 @@ The bottom layer: imports only the standard library.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
+
+SECOND_NS = 1_000_000_000
+_DURATION_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": SECOND_NS, "m": 60 * SECOND_NS,
+                "h": 3600 * SECOND_NS}
+_DURATION_RE = re.compile(r"[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
 _DECIMAL = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
 _BINARY = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
@@ -57,6 +64,34 @@ def human_duration(seconds: float) -> str:
     if hours < 24 * 365 * 2:
         return f"{hours // 24 // 30} months"
     return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def parse_go_duration(text: str) -> int | None:
+    """Go's time.ParseDuration ("1m30s", "200ms", "1.5h") in nanoseconds; None when ``text`` is not one."""
+    if text in ("0", "+0", "-0"):
+        return 0
+    if not _DURATION_RE.fullmatch(text):
+        return None
+    total = sum(round(float(n) * _DURATION_NS[u]) for n, u in _DURATION_PART_RE.findall(text))
+    return -total if text.startswith("-") else total
+
+
+def go_duration(ns: int) -> str:
+    """Go's time.Duration.String ("0s", "200ms", "30s", "1m30s", "1h2m3s")."""
+    if ns == 0:
+        return "0s"
+    if ns < 0:
+        return "-" + go_duration(-ns)
+    if ns < SECOND_NS:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size or unit == "ns":
+                return f"{ns / size:.9f}".rstrip("0").rstrip(".") + unit
+    hours, rest = divmod(ns, 3600 * SECOND_NS)
+    minutes, rest = divmod(rest, 60 * SECOND_NS)
+    seconds = f"{rest / SECOND_NS:.9f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{hours}h{minutes}m{seconds}"
+    return f"{minutes}m{seconds}" if minutes else seconds
 
 
 def now_rfc3339() -> str:

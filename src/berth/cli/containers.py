@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from berth.cli.command import Arity, CliError, Command, CommandParser, Context, Group, add_filter, add_format
+from berth.units import SECOND_NS, parse_go_duration
 
 if TYPE_CHECKING:
     import argparse
@@ -173,6 +174,19 @@ def _configure_create(p: CommandParser, run: bool = False) -> None:
     _many(p, "--group-add", help="Add additional groups to join")
     p.add_argument("--stop-signal", default="", metavar="string", help="Signal to stop the container")
     p.add_argument("--stop-timeout", default=None, metavar="int", help="Timeout (in seconds) to stop a container")
+    p.add_argument("--health-cmd", default="", metavar="string", help="Command to run to check health")
+    for flag, what in (("interval", "Time between running the check (ms|s|m|h) (default 0s)"),
+                       ("timeout", "Maximum time to allow one check to run (ms|s|m|h) (default 0s)"),
+                       ("start-period", "Start period for the container to initialize before starting health-retries "
+                                        "countdown (ms|s|m|h) (default 0s)"),
+                       ("start-interval", "Time between running the check during the start period (ms|s|m|h) "
+                                          "(default 0s)")):
+        p.add_argument(f"--health-{flag}", default="", metavar="duration", help=what)
+    p.add_argument("--health-retries", default="0", metavar="int", help="Consecutive failures needed to report "
+                   "unhealthy")
+    p.add_bool("--no-healthcheck", help="Disable any container-specified HEALTHCHECK")
+    p.add_argument("--health-on-failure", default="", metavar="string",
+                   help="What to do when the container turns unhealthy: none, kill, restart or stop (berth)")
     _many(p, "-l", "--label", help="Set meta data on a container")
     p.add_argument("--log-driver", default="", metavar="string", help="Logging driver for the container")
     _many(p, "--log-opt", help="Log driver options")
@@ -186,6 +200,10 @@ def _configure_create(p: CommandParser, run: bool = False) -> None:
     _many(p, "--expose", help="Expose a port or a range of ports")
     _many(p, "--add-host", help="Add a custom host-to-IP mapping (host:ip)")
     _many(p, "--dns", help="Set custom DNS servers")
+    _many(p, "--dns-search", help="Set custom DNS search domains")
+    _many(p, "--dns-option", help="Set DNS options")
+    _many(p, "--volumes-from", help="Mount volumes from the specified container(s)")
+    p.add_argument("--ip", default="", metavar="string", help="IPv4 address (e.g., 172.30.100.104)")
     p.add_argument("--cidfile", default="", metavar="string", help="Write the container ID to the file")
     p.add_argument("--platform", default="", metavar="string", help="Set platform if server is multi-platform capable")
     p.add_argument("--pull", default="missing", metavar="string",
@@ -444,6 +462,9 @@ def create_body(ctx: Context, ns: argparse.Namespace, run: bool) -> dict[str, An
         "CapAdd": _capabilities(ns.cap_add),
         "CapDrop": _capabilities(ns.cap_drop),
         "Dns": list(ns.dns),
+        "DnsSearch": list(ns.dns_search),
+        "DnsOptions": list(ns.dns_option),
+        "VolumesFrom": list(ns.volumes_from) or None,
         "ExtraHosts": list(ns.add_host) or None,
         "GroupAdd": list(ns.group_add) or None,
         "Privileged": bool(ns.privileged),
@@ -466,6 +487,8 @@ def create_body(ctx: Context, ns: argparse.Namespace, run: bool) -> dict[str, An
         host_config["Mounts"] = _mounts(ns.mount)
     if pids is not None:
         host_config["PidsLimit"] = pids
+    if ns.health_on_failure:
+        host_config["HealthOnFailure"] = ns.health_on_failure
     if ns.init:
         host_config["Init"] = True
     if ns.tty and run and not detach:
@@ -493,8 +516,11 @@ def create_body(ctx: Context, ns: argparse.Namespace, run: bool) -> dict[str, An
         "Entrypoint": entrypoint,
         "Labels": _labels(ns.label),
         "HostConfig": host_config,
-        "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": list(ns.network_alias) or None}}},
+        "NetworkingConfig": {"EndpointsConfig": {network: _endpoint_config(ns)}},
     }
+    healthcheck = _healthcheck(ns)
+    if healthcheck is not None:
+        body["Healthcheck"] = healthcheck
     if ns.stop_signal:
         body["StopSignal"] = ns.stop_signal
     if stop_timeout is not None:
@@ -503,6 +529,45 @@ def create_body(ctx: Context, ns: argparse.Namespace, run: bool) -> dict[str, An
         raise CliError(f"container ID file found, make sure the other container isn't running or delete "
                        f"{ns.cidfile}", 125)
     return body
+
+
+def _endpoint_config(ns: argparse.Namespace) -> dict[str, Any]:
+    config: dict[str, Any] = {"Aliases": list(ns.network_alias) or None}
+    if ns.ip:
+        config["IPAMConfig"] = {"IPv4Address": ns.ip}
+    return config
+
+
+def _healthcheck(ns: argparse.Namespace) -> dict[str, Any] | None:
+    """docker's healthcheck flags: ``--no-healthcheck`` is ``["NONE"]``; otherwise only what was given."""
+    durations: dict[str, int] = {}
+    for flag, key in (("interval", "Interval"), ("timeout", "Timeout"), ("start_period", "StartPeriod"),
+                      ("start_interval", "StartInterval")):
+        text = getattr(ns, f"health_{flag}")
+        if not text:
+            continue
+        value = parse_go_duration(text)
+        name = "--health-" + flag.replace("_", "-")
+        if value is None:
+            raise CliError(f'invalid argument "{text}" for "{name}" flag: time: invalid duration "{text}"', 125)
+        if value < 0:
+            raise CliError(f"{name} cannot be negative", 125)
+        durations[key] = value
+    try:
+        retries = int(ns.health_retries)
+    except ValueError:
+        raise CliError(f'invalid argument "{ns.health_retries}" for "--health-retries" flag: strconv.ParseInt: '
+                       f'parsing "{ns.health_retries}": invalid syntax', 125) from None
+    if retries < 0:
+        raise CliError("--health-retries cannot be negative", 125)
+    given = bool(ns.health_cmd or durations or retries)
+    if ns.no_healthcheck:
+        if given:
+            raise CliError("--no-healthcheck conflicts with --health-* options", 125)
+        return {"Test": ["NONE"]}
+    if not given:
+        return None
+    return {"Test": ["CMD-SHELL", ns.health_cmd] if ns.health_cmd else None, **durations, "Retries": retries}
 
 
 def _pull(ctx: Context, image: str, quiet: bool) -> None:
@@ -1121,27 +1186,14 @@ def _ps(ctx: Context, ns: argparse.Namespace) -> int:
 
 # ---- logs ---------------------------------------------------------------------------------------------
 
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _go_duration(text: str) -> float | None:
-    import re
-
-    if not re.fullmatch(r"[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+", text):
-        return None
-    sign = -1.0 if text.startswith("-") else 1.0
-    total = sum(float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", text))
-    return sign * total
-
-
 def timestamp_param(value: str, now: float) -> str:
     """docker's GetTimestamp: a duration ago, an RFC 3339 time or date, or unix seconds as given."""
     import re
     from datetime import datetime
 
-    duration = _go_duration(value) if value != "0" else None
+    duration = parse_go_duration(value) if value != "0" else None
     if duration is not None:
-        return str(int(now - duration))
+        return str(int(now - duration / SECOND_NS))
     if re.fullmatch(r"\d+(\.\d{1,9})?", value):
         return value
     text = value.replace("z", "Z").replace("Z", "+00:00")

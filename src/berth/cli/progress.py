@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from berth.cli.command import CliError
 from berth.cli.render import human_size, rfc3339_nano
+from berth.units import SECOND_NS, go_duration
 
 
 class StreamError(CliError):
@@ -53,21 +54,8 @@ def progress_bar(detail: Mapping[str, Any], width: int, now: float | None = None
         elapsed = (time.time() if now is None else now) - start
         remaining = int((total - current) * (elapsed / current))
         if width > 50:
-            left = " " + _go_duration(remaining)
+            left = " " + go_duration(max(remaining, 0) * SECOND_NS)
     return bar + numbers + left
-
-
-def _go_duration(seconds: int) -> str:
-    """Go's Duration.String for whole seconds: ``1h2m3s``, ``45s``, ``0s``."""
-    if seconds <= 0:
-        return "0s"
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
 
 
 def display(

@@ -29,6 +29,7 @@ from berth.engine.running import ContainerRunner
 from berth.errors import BerthError, NotFound, NotModified
 from berth.oci.runtime_spec import Process
 from berth.runtime.linux import load_spec
+from berth.units import go_duration
 
 log = logging.getLogger("berth.engine")
 
@@ -191,7 +192,7 @@ class HealthChecker:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 return ProbeResult(start, time.time(), -1,
-                                   f"Health check exceeded timeout ({_go_duration(hc.timeout_ns)})")
+                                   f"Health check exceeded timeout ({go_duration(hc.timeout_ns)})")
             code = await self._exit_code(sid)
             return ProbeResult(start, time.time(), code, output.decode(errors="replace"))
         except (BerthError, OSError) as e:
@@ -304,20 +305,6 @@ async def _read_output(reader: asyncio.StreamReader) -> bytes:
             data = e.partial
         if len(out) < MAX_OUTPUT:
             out += data[:MAX_OUTPUT - len(out)]
-
-
-def _go_duration(ns: int) -> str:
-    """Go's time.Duration.String for the durations a healthcheck takes ("200ms", "30s", "1m30s")."""
-    if ns < SECOND:
-        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
-            if ns >= size or unit == "ns":
-                return f"{ns / size:.9f}".rstrip("0").rstrip(".") + unit
-    hours, rest = divmod(ns, 3600 * SECOND)
-    minutes, rest = divmod(rest, 60 * SECOND)
-    seconds = f"{rest / SECOND:.9f}".rstrip("0").rstrip(".") + "s"
-    if hours:
-        return f"{hours}h{minutes}m{seconds}"
-    return f"{minutes}m{seconds}" if minutes else seconds
 
 
 def _rfc3339nano(t: float) -> str:
