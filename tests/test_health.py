@@ -140,13 +140,17 @@ def test_no_healthcheck(daemon: Any) -> None:
 @pytest.mark.root
 @pytest.mark.docker_cli
 def test_probe_timeout(daemon: Any) -> None:
-    daemon.docker("run", "-d", "--name", "hc4", "--health-cmd", "sleep 5", "--health-timeout", "200ms",
-                  "--health-interval", "100ms", "--health-retries", "1", "busybox", "sleep", "300")
+    # the probe's shell starts a child: a timeout kills the whole probe tree, not just the shell
+    daemon.docker("run", "-d", "--name", "hc4", "--health-cmd", "sleep 31 & sleep 32", "--health-timeout", "200ms",
+                  "--health-interval", "300ms", "--health-retries", "1", "busybox", "sleep", "300")
     try:
         _until(lambda: _health(daemon, "hc4").get("Status") == "unhealthy")
         entry = _health(daemon, "hc4")["Log"][-1]
         assert entry["ExitCode"] == -1
         assert entry["Output"] == "Health check exceeded timeout (200ms)"
+        time.sleep(1.5)  # a few more probes time out
+        ps = daemon.docker("exec", "hc4", "ps", "-o", "args").stdout
+        assert ps.count("sleep 31") <= 1 and ps.count("sleep 32") <= 1, ps  # at most the probe now running
     finally:
         daemon.docker("rm", "-f", "hc4")
 

@@ -189,8 +189,7 @@ class HealthChecker:
                 output = await asyncio.wait_for(_read_output(reader), hc.timeout)
             except TimeoutError:
                 if pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                    await asyncio.to_thread(_kill_tree, pid)
                 return ProbeResult(start, time.time(), -1,
                                    f"Health check exceeded timeout ({go_duration(hc.timeout_ns)})")
             code = await self._exit_code(sid)
@@ -288,6 +287,32 @@ class HealthChecker:
             pass
         except BerthError as e:
             log.warning("health-on-failure %s of %s failed: %s", action, cid[:12], e)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a timed-out probe and everything it started (``sh -c 'sleep 100'`` leaves a child behind);
+    the probe is stopped first so it cannot fork while its children are collected."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat_line = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat_line[stat_line.rindex(b")") + 2:].split()[1])  # after "(comm)": state, ppid
+        parents.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += parents.get(current, [])
+    for victim in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
 
 
 async def _read_output(reader: asyncio.StreamReader) -> bytes:
