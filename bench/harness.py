@@ -223,6 +223,8 @@ class Harness:
         self.base = Path(tempfile.mkdtemp(prefix="bench-", dir=tmp))
         self.keep = keep
         self.daemons: list[Daemon] = []
+        # berthd's bridges, veths and nftables table are named from this and removed at close
+        self.network_prefix = "bp" + os.urandom(2).hex()
 
     def __enter__(self) -> Harness:
         return self
@@ -238,7 +240,8 @@ class Harness:
         root = self.base / "berth"
         root.mkdir()
         sock = root / "berth.sock"
-        cmd = [str(exe), "--data-root", str(root / "data"), "-H", f"unix://{sock}", "--exec-root", str(root / "exec")]
+        cmd = [str(exe), "--data-root", str(root / "data"), "-H", f"unix://{sock}", "--exec-root", str(root / "exec"),
+               "--network-prefix", self.network_prefix]
         return self._start("berthd", root, sock, cmd, {}, timeout)
 
     def dockerd(self, timeout: float = 60) -> Daemon:
@@ -297,12 +300,25 @@ class Harness:
             for proc in left:
                 proc.stop(5)
         unmount_below(self.base)
+        remove_network_objects(self.network_prefix)
         if self.keep:
             print(f"kept {self.base}", file=sys.stderr)
         elif not mounts_below(self.base):
             shutil.rmtree(self.base, ignore_errors=True)
         else:
             print(f"mounts remain under {self.base}; not deleting it", file=sys.stderr)
+
+
+def remove_network_objects(prefix: str) -> None:
+    """Links and the nftables table named from berthd's per-run prefix (after berthd stopped)."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False).stdout
+    for line in links.splitlines():
+        parts = line.split(":")
+        name = parts[1].strip().split("@")[0] if len(parts) > 1 else ""
+        if name.startswith(prefix):
+            subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
+    for family in ("ip", "inet"):
+        subprocess.run(["nft", "delete", "table", family, prefix], capture_output=True, check=False)
 
 
 def orphans() -> list[_Proc]:

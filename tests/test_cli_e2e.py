@@ -362,6 +362,17 @@ def test_system_df_matches_docker(berthd: BerthDaemon) -> None:
     assert table.splitlines()[1].split()[:3] == ["Images", "3", "0"]
     same_as_docker(berthd, "system", "df", "--format", "{{.Type}}: {{.TotalCount}} {{.Reclaimable}}")
     assert same_as_docker(berthd, "system", "df", "--format", "json").count("\n") == 4
+    # a container makes its image active and shows its own writable layer
+    images = berthd.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    base = next(i for i in images if i.startswith("busybox"))
+    berthd.docker("run", "--name", "df1", base, "sh", "-c", "head -c 100000 /dev/zero > /big")
+    try:
+        table = same_as_docker(berthd, "system", "df")
+        rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+        assert rows["Images"][2] == "1" and rows["Containers"][1:3] == ["1", "0"]
+        assert rows["Containers"][3] != "0B", table
+    finally:
+        berthd.docker("rm", "df1")
 
 
 # ---- import -------------------------------------------------------------------------------------------

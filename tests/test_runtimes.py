@@ -1,5 +1,6 @@
 """The ``Runtime`` protocol: one conformance test over berth's library and the runc/crun binaries, and
-``docker run --runtime`` end to end (echo, exit codes, kill, pause, the default isolation battery under runc)."""
+``docker run --runtime`` end to end (echo, exit codes, kill, pause, the default isolation battery, and
+exec/top/stats/update/health under runc)."""
 
 from __future__ import annotations
 
@@ -249,3 +250,45 @@ def test_default_runtime_flag(berthd_factory: Any) -> None:
         assert d.docker("wait", cid).stdout.strip() == "137"
     finally:
         d.docker("rm", "-f", cid, check=False)
+
+
+def _until(check: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+    return value
+
+
+@pytest.mark.root
+@pytest.mark.docker_cli
+def test_exec_top_stats_health_under_runc(daemon: Any) -> None:
+    """The verbs that join or read a running container find runc's init and cgroup, not berth-runtime's."""
+    cid = daemon.docker("run", "-d", "--runtime", "runc", "--health-cmd", "test -f /tmp/ok", "--health-interval",
+                        "200ms", "--health-retries", "1", "busybox", "sh", "-c",
+                        "touch /tmp/ok; exec sleep 60").stdout.strip()
+    try:
+        out = daemon.docker("exec", cid, "sh", "-c", "cat /proc/1/comm; ls /tmp; id -u").stdout
+        assert out.split() == ["sleep", "ok", "0"]  # its PID and mount namespaces, its user
+        assert daemon.docker("exec", cid, "sh", "-c", "exit 3", check=False).returncode == 3
+        assert daemon.docker("exec", "-t", cid, "echo", "tty").stdout == "tty\r\n"
+        res = daemon.docker("exec", cid, "/no/such", check=False)
+        assert res.returncode == 126 and "no such file or directory" in res.stdout, res  # dockerd's 126
+        caps = daemon.docker("exec", cid, "grep", "CapEff", "/proc/self/status").stdout
+        assert caps.split() == ["CapEff:", "00000000a80425fb"]
+        top = daemon.docker("top", cid).stdout
+        assert "sleep 60" in top, top
+        stats = daemon.docker("stats", "--no-stream", "--format", "{{.MemUsage}}|{{.PIDs}}", cid).stdout.strip()
+        mem, pids = stats.split("|")
+        assert int(pids) >= 1 and not mem.startswith("0B"), stats
+        daemon.docker("update", "--memory", "64m", "--memory-swap", "128m", cid)  # reaches runc's live cgroup
+        limit = daemon.docker("stats", "--no-stream", "--format", "{{.MemUsage}}", cid).stdout
+        assert limit.strip().endswith("/ 64MiB"), limit
+        _until(lambda: json.loads(daemon.docker("inspect", cid).stdout)[0]["State"].get("Health", {})
+               .get("Status") == "healthy")
+        daemon.docker("exec", cid, "rm", "/tmp/ok")
+        _until(lambda: json.loads(daemon.docker("inspect", cid).stdout)[0]["State"]["Health"]["Status"]
+               == "unhealthy")
+    finally:
+        daemon.docker("rm", "-f", cid, check=False)

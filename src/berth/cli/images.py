@@ -1,6 +1,7 @@
-"""Image commands: ``berth image ls|load|save|tag|rm|history|import|inspect|prune|bootstrap`` and the
+"""Image commands: ``berth image ls|load|save|tag|rm|history|import|inspect|prune|pull|push|bootstrap`` and the
 top-level shortcuts docker has for them (``images``, ``load``, ``save``, ``tag``, ``rmi``, ``history``,
-``import``). Wire calls follow docker CLI 28 (engine-api.md §4); output follows docker's formatters."""
+``import``, ``pull``, ``push``), plus ``login``/``logout`` (credentials in docker's config.json). Wire calls
+follow docker CLI 28 (engine-api.md §4); output follows docker's formatters."""
 
 from __future__ import annotations
 
@@ -458,6 +459,260 @@ def _prune(ctx: Context, ns: argparse.Namespace) -> int:
     return 0
 
 
+# ---- pull / push / login / logout -----------------------------------------------------------------------
+
+HUB_SERVER = "https://index.docker.io/v1/"
+
+
+def _config_path() -> Any:
+    import os
+    from pathlib import Path
+
+    base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    return Path(base) / "config.json"
+
+
+def _read_config() -> dict[str, Any]:
+    import json
+
+    try:
+        doc = json.loads(_config_path().read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise CliError(f"loading config file: {err}") from None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write_config(doc: dict[str, Any]) -> None:
+    import json
+    import os
+
+    path = _config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(doc, indent="\t") + "\n")
+    os.replace(tmp, path)
+
+
+def server_key(domain: str) -> str:
+    """The key docker uses in config.json for a registry (Docker Hub's is its old v1 URL)."""
+    return HUB_SERVER if domain == "docker.io" else domain
+
+
+def _helper_for(doc: Mapping[str, Any], key: str) -> str:
+    helpers = doc.get("credHelpers") or {}
+    if isinstance(helpers, dict) and isinstance(helpers.get(key), str):
+        return str(helpers[key])
+    store = doc.get("credsStore")
+    return store if isinstance(store, str) else ""
+
+
+def _helper(name: str, action: str, payload: str) -> str:
+    """Run ``docker-credential-<name> get|store|erase`` (the docker credential helper protocol)."""
+    import subprocess
+
+    verb = {"get": "getting", "store": "storing", "erase": "erasing"}[action]
+    try:
+        done = subprocess.run([f"docker-credential-{name}", action], input=payload.encode(), capture_output=True,
+                              timeout=60, check=False)
+    except OSError as err:
+        raise CliError(f"error {verb} credentials - err: {err}, out: ``") from None
+    out = done.stdout.decode(errors="replace").strip()
+    if done.returncode != 0:
+        if action == "get" and "credentials not found" in out.lower():
+            return ""
+        raise CliError(f"error {verb} credentials - err: exit status {done.returncode}, out: `{out}`")
+    return out
+
+
+def load_credentials(domain: str) -> dict[str, str]:
+    """The AuthConfig for a registry from config.json (``auths`` base64 user:pass, or a credential helper)."""
+    import base64
+    import json
+
+    doc = _read_config()
+    key = server_key(domain)
+    helper = _helper_for(doc, key)
+    if helper:
+        out = _helper(helper, "get", key)
+        if not out:
+            return {}
+        try:
+            found = json.loads(out)
+        except ValueError:
+            raise CliError(f"credential helper {helper}: invalid answer") from None
+        user, secret = str(found.get("Username") or ""), str(found.get("Secret") or "")
+        if user == "<token>":
+            return {"identitytoken": secret, "serveraddress": key}
+        return {"username": user, "password": secret, "serveraddress": key}
+    auths = doc.get("auths") or {}
+    entry = auths.get(key) if isinstance(auths, dict) else None
+    if not isinstance(entry, dict):
+        return {}
+    out_doc: dict[str, str] = {"serveraddress": key}
+    if isinstance(entry.get("auth"), str) and entry["auth"]:
+        user, _, password = base64.b64decode(entry["auth"]).decode(errors="replace").partition(":")
+        out_doc.update(username=user, password=password)
+    if isinstance(entry.get("identitytoken"), str) and entry["identitytoken"]:
+        out_doc["identitytoken"] = entry["identitytoken"]
+    return out_doc
+
+
+def store_credentials(domain: str, username: str, password: str, identity_token: str = "") -> None:
+    import base64
+    import json
+
+    doc = _read_config()
+    key = server_key(domain)
+    helper = _helper_for(doc, key)
+    if helper:
+        user, secret = ("<token>", identity_token) if identity_token else (username, password)
+        _helper(helper, "store", json.dumps({"ServerURL": key, "Username": user, "Secret": secret}))
+        return
+    auths = doc.setdefault("auths", {})
+    entry: dict[str, str] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
+    if identity_token:
+        entry = {"identitytoken": identity_token}
+    auths[key] = entry
+    _write_config(doc)
+
+
+def erase_credentials(domain: str) -> bool:
+    doc = _read_config()
+    key = server_key(domain)
+    helper = _helper_for(doc, key)
+    if helper:
+        _helper(helper, "erase", key)
+        return True
+    auths = doc.get("auths") or {}
+    if not isinstance(auths, dict) or key not in auths:
+        return False
+    del auths[key]
+    _write_config(doc)
+    return True
+
+
+def registry_auth_header(domain: str) -> dict[str, str]:
+    """``X-Registry-Auth`` for a registry: base64url JSON of the stored AuthConfig (``{}`` when none)."""
+    import base64
+    import json
+
+    creds = load_credentials(domain)
+    return {"X-Registry-Auth": base64.urlsafe_b64encode(json.dumps(creds).encode()).decode()}
+
+
+def _configure_pull(p: CommandParser) -> None:
+    p.add_bool("-q", "--quiet", help="Suppress verbose output")
+    p.add_argument("--platform", default="", metavar="string", help="Set platform if server is multi-platform capable")
+    p.add_bool("-a", "--all-tags", help="Download all tagged images in the repository")
+
+
+def _pull(ctx: Context, ns: argparse.Namespace) -> int:
+    ref = _parse_ref(ns.args[0])
+    if ns.all_tags:
+        raise CliError("--all-tags is not supported by berth yet")
+    if ref.tag is None and ref.digest is None:
+        ctx.out("Using default tag: latest\n")
+        ref = ref.with_default_tag()
+    tag = str(ref.digest) if ref.digest is not None else ref.tag
+    params: dict[str, Any] = {"fromImage": ref.familiar_name, "tag": tag, "platform": ns.platform or None}
+    with ctx.client.post("/images/create", params, headers=registry_auth_header(ref.domain), stream=True) as resp:
+        if ns.quiet:
+            import io
+
+            from berth.cli.progress import display
+
+            display(resp.iter_json(), io.StringIO(), False)
+        else:
+            show_stream(ctx, resp)
+    ctx.out(f"{ref}\n")
+    return 0
+
+
+def _configure_push(p: CommandParser) -> None:
+    p.add_bool("-a", "--all-tags", help="Push all tags of an image to the repository")
+    p.add_bool("-q", "--quiet", help="Suppress verbose output")
+
+
+def _push(ctx: Context, ns: argparse.Namespace) -> int:
+    ref = _parse_ref(ns.args[0])
+    if ref.digest is not None:
+        raise CliError("cannot push a digest reference")
+    if ref.tag is None and not ns.all_tags:
+        ctx.out("Using default tag: latest\n")
+        ref = ref.with_default_tag()
+    params: dict[str, Any] = {"tag": ref.tag or None}
+    with ctx.client.post(_path(ref.name, "/push"), params, headers=registry_auth_header(ref.domain),
+                         stream=True) as resp:
+        if ns.quiet:
+            import io
+
+            from berth.cli.progress import display
+
+            display(resp.iter_json(), io.StringIO(), False)
+            ctx.out(f"{ref.familiar()}\n")
+        else:
+            show_stream(ctx, resp)
+    return 0
+
+
+def _configure_login(p: CommandParser) -> None:
+    p.add_argument("-u", "--username", default="", metavar="string", help="Username")
+    p.add_argument("-p", "--password", default="", metavar="string", help="Password")
+    p.add_bool("--password-stdin", help="Take the password from stdin")
+
+
+def _login_domain(args: list[str]) -> str:
+    """``https://index.docker.io/v1/``, ``http://localhost:5000`` or ``localhost:5000`` → the registry's domain."""
+    if not args:
+        return "docker.io"
+    text = args[0].strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    text = text.split("/", 1)[0].lower()
+    hub = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+    return "docker.io" if not text or text in hub else text
+
+
+def _login(ctx: Context, ns: argparse.Namespace) -> int:
+    domain = _login_domain(ns.args)
+    password = ns.password
+    if ns.password_stdin:
+        if ns.password:
+            raise CliError("--password and --password-stdin are mutually exclusive")
+        if not ns.username:
+            raise CliError("Must provide --username with --password-stdin")
+        password = ctx.stdin.read().rstrip("\r\n")
+    username = ns.username
+    if not username or not password:
+        stored = load_credentials(domain)
+        username = username or stored.get("username", "")
+        password = password or stored.get("password", "")
+    if not username or not password:
+        raise CliError("Error: Cannot perform an interactive login from a non TTY device: use -u and "
+                       "--password-stdin")
+    if ns.password and not ns.password_stdin:
+        ctx.err("WARNING! Using --password via the CLI is insecure. Use --password-stdin.\n")
+    answer = ctx.client.post("/auth", json={"username": username, "password": password,
+                                            "serveraddress": server_key(domain)}).json() or {}
+    store_credentials(domain, username, password, str(answer.get("IdentityToken") or ""))
+    ctx.out(f"{answer.get('Status') or 'Login Succeeded'}\n")
+    return 0
+
+
+def _logout(ctx: Context, ns: argparse.Namespace) -> int:
+    domain = _login_domain(ns.args)
+    key = server_key(domain)
+    if not erase_credentials(domain):
+        ctx.out(f"Not logged in to {key}\n")
+        return 0
+    ctx.out(f"Removing login credentials for {key}\n")
+    return 0
+
+
 # ---- registration -------------------------------------------------------------------------------------
 
 LS = Command("ls", "List images", "[OPTIONS] [REPOSITORY[:TAG]]", _ls, _configure_ls, Arity(0, 1),
@@ -520,6 +775,13 @@ INSPECT = Command(
     metavar="IMAGE",
 )
 PRUNE = Command("prune", "Remove unused images", "[OPTIONS]", _prune, _configure_prune)
+PULL = Command("pull", "Download an image from a registry", "[OPTIONS] NAME[:TAG|@DIGEST]", _pull, _configure_pull,
+               Arity(1, 1), metavar="NAME")
+PUSH = Command("push", "Upload an image to a registry", "[OPTIONS] NAME[:TAG]", _push, _configure_push, Arity(1, 1),
+               metavar="NAME")
+LOGIN = Command("login", "Authenticate to a registry", "[OPTIONS] [SERVER]", _login, _configure_login, Arity(0, 1),
+                metavar="SERVER")
+LOGOUT = Command("logout", "Log out from a registry", "[SERVER]", _logout, None, Arity(0, 1), metavar="SERVER")
 BOOTSTRAP = Command("bootstrap", "Make a base image from local sources (busybox, debian, python)", "NAME",
                     _bootstrap, None, Arity(1, 1), metavar="NAME")
 
@@ -531,7 +793,12 @@ COMMANDS = (
     RM.renamed("rmi"),
     HISTORY,
     IMPORT,
+    PULL,
+    PUSH,
+    LOGIN,
+    LOGOUT,
 )
 GROUPS = (
-    Group("image", "Manage images", (BOOTSTRAP, HISTORY, IMPORT, INSPECT, LOAD, LS, PRUNE, RM, SAVE, TAG)),
+    Group("image", "Manage images", (BOOTSTRAP, HISTORY, IMPORT, INSPECT, LOAD, LS, PRUNE, PULL, PUSH, RM, SAVE,
+                                     TAG)),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,15 @@ class DaemonConfig:
     storage_driver: str = "auto"
     default_runtime: str = "berth"
     extra_runtimes: tuple[tuple[str, str], ...] = ()   # --add-runtime name=path
+    network_prefix: str = "berth"  # names every host network object: bridge P0, table P, veths P<hex>
+    bridge: str = ""  # -b: the default bridge's name ("" = <prefix>0, "none" = no default bridge network)
+    bip: str = ""  # --bip: the default bridge's address and prefix (172.20.0.1/16)
+    iptables: bool = True  # --iptables=false: no nftables rules (no NAT, no isolation, no published ports)
+    dns: tuple[str, ...] = ()  # --dns: name servers for containers that set none (and the embedded DNS's upstreams)
+    dns_search: tuple[str, ...] = ()  # --dns-search
+    dns_options: tuple[str, ...] = ()  # --dns-opt
+    host_gateway_ip: str = ""  # --host-gateway-ip: what --add-host x:host-gateway names ("" = the gateway)
+    insecure_registries: tuple[str, ...] = ()  # --insecure-registry: hosts or CIDRs reachable over plain HTTP
 
     def __post_init__(self) -> None:
         if self.default_runtime not in BUILTIN_RUNTIMES + tuple(name for name, _ in self.extra_runtimes):
@@ -40,6 +50,11 @@ class DaemonConfig:
             raise InvalidArgument(
                 f"invalid storage driver {self.storage_driver!r}: use one of {', '.join(STORAGE_DRIVERS)}"
             )
+        for addr in (*self.dns, *([self.host_gateway_ip] if self.host_gateway_ip else [])):
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise InvalidArgument(f"IP address is not correctly formatted: {addr}") from None
 
     @property
     def host(self) -> str:
@@ -74,6 +89,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="OCI runtime for containers that name none (berth, runc, crun or an --add-runtime name)")
     p.add_argument("--add-runtime", action="append", default=[], metavar="NAME=PATH",
                    help="register an OCI runtime binary under a name (repeatable)")
+    p.add_argument("--network-prefix", default="berth",
+                   help="name prefix of the host's network objects (bridges, veths, the nftables table)")
+    p.add_argument("-b", "--bridge", default="", help='the default bridge network\'s bridge ("none" disables it)')
+    p.add_argument("--bip", default="", help="the default bridge's address and prefix (e.g. 172.20.0.1/16)")
+    p.add_argument("--iptables", nargs="?", const="true", default="true", metavar="BOOL",
+                   help="program nftables rules for NAT, isolation and published ports (default true)")
+    p.add_argument("--dns", action="append", default=[], help="DNS server for containers (repeatable)")
+    p.add_argument("--dns-search", action="append", default=[], help="DNS search domain for containers (repeatable)")
+    p.add_argument("--dns-opt", action="append", default=[], help="DNS option for containers (repeatable)")
+    p.add_argument("--host-gateway-ip", default="",
+                   help="the address --add-host NAME:host-gateway stands for (default: the container's gateway)")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]|CIDR",
+                   help="a registry berthd may reach over plain HTTP (repeatable; loopback always may)")
     p.add_argument("-v", "--version", action="store_true", help="print the version and exit")
     return p
 
@@ -100,6 +128,15 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[DaemonConfig, bool]:
     return config, bool(ns.version)
 
 
+def _bool_flag(name: str, text: str) -> bool:
+    """Go's strconv.ParseBool, as dockerd reads ``--iptables=false``."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise InvalidArgument(f"invalid boolean value {text!r} for {name}")
+
+
 def _config(ns: argparse.Namespace, sock: Path, exec_root: Path,
             extra_runtimes: tuple[tuple[str, str], ...]) -> DaemonConfig:
     return DaemonConfig(
@@ -111,4 +148,13 @@ def _config(ns: argparse.Namespace, sock: Path, exec_root: Path,
         storage_driver=ns.storage_driver,
         default_runtime=ns.default_runtime,
         extra_runtimes=extra_runtimes,
+        network_prefix=ns.network_prefix,
+        bridge=ns.bridge,
+        bip=ns.bip,
+        iptables=_bool_flag("--iptables", ns.iptables),
+        dns=tuple(ns.dns),
+        dns_search=tuple(ns.dns_search),
+        dns_options=tuple(ns.dns_opt),
+        host_gateway_ip=ns.host_gateway_ip,
+        insecure_registries=tuple(ns.insecure_registry),
     )

@@ -10,6 +10,7 @@ It owns the top level of the data root (each store owns the layout below its own
       tmp/          scratch mount points for layer extraction (berth.images.store), for cp/export of stopped
                     containers (berth.engine.archive), and commit's layer files (berth.engine.commit)
       bootstrap/    cached Debian packages for base images (berth.images.bootstrap)
+      volumes/      the local volume driver's volumes (berth.volumes.store)
 """
 
 from __future__ import annotations
@@ -22,19 +23,29 @@ from berth.daemon.config import DaemonConfig
 from berth.engine.archive import ArchiveService
 from berth.engine.commit import CommitService
 from berth.engine.containers import ContainerPaths, ContainerService
+from berth.engine.dns import ContainerDns, DnsOptions
 from berth.engine.events import EventBus
 from berth.engine.execs import ExecService
+from berth.engine.filebinds import FileBindWatcher
 from berth.engine.health import HealthChecker
 from berth.engine.images import ImageService
 from berth.engine.logs import LogService
+from berth.engine.networks import NetworkOptions, NetworkService
+from berth.engine.portcheck import PortChecker
+from berth.engine.registry import RegistryService
 from berth.engine.running import ContainerRunner
 from berth.engine.services import Engine
 from berth.engine.stats import StatsService
 from berth.engine.system import SystemService
+from berth.engine.volumes import VolumeService
 from berth.images.store import ImageStore
 from berth.metadata.containers import ContainerDB
 from berth.metadata.images import ImageDB
+from berth.metadata.networks import NetworkDB
+from berth.metadata.volumes import VolumeDB
+from berth.network.etcfiles import DnsSettings
 from berth.snapshots.base import open_snapshotter
+from berth.volumes.store import LocalDriver
 
 log = logging.getLogger("berth.daemon")
 
@@ -85,7 +96,20 @@ def build_engine(config: DaemonConfig) -> Engine:
     log.debug("engine built: storage driver %s", driver)
     execs = ExecService(containers, runner)
     HealthChecker(containers, runner)  # registers itself as the runner's health hooks
+    PortChecker(containers, runner)  # registers itself as the runner's port_check hooks
+    runner.file_binds = FileBindWatcher()
     containers.exec_ids = execs.ids
+    networks = NetworkService(NetworkDB(config.data_root / "berth.db"), containers, events, config.exec_root,
+                              NetworkOptions(prefix=config.network_prefix, bridge=config.bridge, bip=config.bip,
+                                             iptables=config.iptables))
+    containers.networks = networks
+    runner.networks = networks
+    runner.dns = ContainerDns(networks, containers, containers.paths, DnsOptions(
+        DnsSettings(config.dns, config.dns_search, config.dns_options), config.host_gateway_ip))
+    volumes = VolumeService(VolumeDB(config.data_root / "berth.db"), LocalDriver(config.data_root / "volumes"),
+                            containers.db, events)
+    containers.volumes = volumes
+    runner.volumes = volumes
     # --default-runtime and --add-runtime, told to the services that validate and report them
     containers.runtimes.update(config.extra_runtimes)
     containers.default_runtime = config.default_runtime
@@ -93,15 +117,27 @@ def build_engine(config: DaemonConfig) -> Engine:
     system.default_runtime = config.default_runtime
     return Engine(events=events, system=system, images=images, containers=containers, runner=runner,
                   logs=LogService(containers), execs=execs,
-                  stats=StatsService(containers, runner.runtime_root), archive=archive, commits=commits)
+                  stats=StatsService(containers, runner.runtime_root, runner.runtime_of), archive=archive,
+                  commits=commits, volumes=volumes, networks=networks,
+                  registry=RegistryService(images.store, events, config.insecure_registries))
 
 
 def start_engine(engine: Engine) -> None:
     """Crash recovery and other work done once before the socket accepts connections."""
     engine.images.startup()
+    if engine.networks is not None:  # in the background: bridges and the firewall stay off the ready time
+        active = {cid for cid, _name, doc in engine.containers.db.all()
+                  if doc["State"]["Status"] in ("running", "paused", "restarting")}
+        engine.networks.start_background(active)
 
 
 def close_engine(engine: Engine) -> None:
     """Release what the services hold (databases, file handles) at shutdown."""
     engine.images.store.db.close()
+    if engine.registry is not None:
+        engine.registry.close()
     engine.containers.db.close()
+    if engine.networks is not None:
+        engine.networks.close()
+    if engine.volumes is not None:
+        engine.volumes.db.close()

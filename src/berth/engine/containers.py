@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from berth.errors import Conflict, InvalidArgument, NoSuchImage, NotFound
 from berth.images.store import ImageStore
 from berth.metadata.containers import ContainerDB
+from berth.network import etcfiles
 from berth.oci.digest import is_hex_id
 from berth.oci.reference import parse_tagged
 from berth.runtime import jsonlog, oci_cli
@@ -81,6 +82,26 @@ class EventSink(Protocol):
     def publish(self, type: str, action: str, actor_id: str, attributes: Mapping[str, str] | None = None) -> object: ...
 
 
+class VolumeHooks(Protocol):
+    """The volume service (berth.engine.volumes): a container's mount points at create, its volumes at removal."""
+
+    def attach(self, cid: str, config: dict[str, Any], host: dict[str, Any],
+               resolve: Callable[[str], tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]: ...
+    def settled(self, cid: str) -> None: ...
+    def detach(self, cid: str, records: list[dict[str, Any]]) -> list[str]: ...
+
+
+class NetworkRecords(Protocol):
+    """The network service (berth.engine.networks): a container's networks at create, in inspect and list."""
+
+    def validate_create(self, host: dict[str, Any], config: dict[str, Any], networking: dict[str, Any]) -> None: ...
+    def created(self, cid: str, host: dict[str, Any], networking: dict[str, Any]) -> None: ...
+    def forget(self, cid: str) -> None: ...
+    def settings(self, cid: str, name: str, doc: dict[str, Any]) -> dict[str, Any]: ...
+    def summary(self, cid: str, name: str, doc: dict[str, Any]) -> dict[str, Any]: ...
+    def network_names(self, cid: str) -> list[str]: ...
+
+
 @dataclass(frozen=True)
 class ContainerPaths:
     """The per-container directory and the files in it (this class owns ``<data-root>/containers/``)."""
@@ -126,6 +147,10 @@ class ContainerService:
         # OCI runtimes by name (HostConfig.Runtime) -> binary; the daemon adds its configured ones
         self.runtimes: dict[str, str] = dict(oci_cli.RUNTIMES)
         self.default_runtime = oci_cli.LIBRARY
+        # decides mount points and makes volumes at create (set by the daemon; without it, mounts are read at start)
+        self.volumes: VolumeHooks | None = None
+        # checks and records a container's networks, reports its NetworkSettings (set by the daemon)
+        self.networks: NetworkRecords | None = None
 
     # --- resolution -------------------------------------------------------------------------------
 
@@ -211,6 +236,9 @@ class ContainerService:
         config = merge_config(body, image_cfg.config)
         host_config = normalize_host_config(host)
         validate(config, host_config)
+        etcfiles.check_host_config(host_config)  # --add-host, --dns, --dns-search, --dns-option
+        if self.networks is not None:
+            self.networks.validate_create(host_config, config, _dict(body.get("NetworkingConfig"), "NetworkingConfig"))
         host_config["Runtime"] = self.runtime_name(host.get("Runtime"))
         cid = secrets.token_hex(32)
         if not config.get("Hostname"):
@@ -229,16 +257,31 @@ class ContainerService:
             "State": _initial_state(),
             "RestartCount": 0,
         }
-        with self._lock:
-            final_name = name or self._generate_name()
-            self.db.insert(cid, final_name, time.time(), doc)
+        if self.volumes is not None:
+            doc["MountPoints"] = self.volumes.attach(cid, config, host_config, self.resolve)
+            doc["Mounts"] = [{k: r[k] for k in _MOUNT_API_KEYS if k in r} for r in doc["MountPoints"]]
+        try:
+            with self._lock:
+                final_name = name or self._generate_name()
+                self.db.insert(cid, final_name, time.time(), doc)
+        except BaseException:
+            self._detach_volumes(cid, doc)
+            raise
+        finally:
+            if self.volumes is not None:
+                self.volumes.settled(cid)
         try:
             parent = str(image_cfg.chain_ids[-1]) if image_cfg.diff_ids else None
             self.snapshotter.prepare(cid, parent)
             self._write_files(cid, config)
+            if self.networks is not None:
+                self.networks.created(cid, host_config, doc["NetworkingConfig"])
         except BaseException:
             self.db.delete(cid)
+            if self.networks is not None:
+                self.networks.forget(cid)
             self._drop_files(cid)
+            self._detach_volumes(cid, doc)
             raise
         self.events.publish("container", "create", cid, self.attributes(final_name, doc))
         return {"Id": cid, "Warnings": warnings}
@@ -275,7 +318,12 @@ class ContainerService:
 
     def inspect(self, ref: str) -> dict[str, Any]:
         cid, name, doc = self.resolve(ref)
-        return self._inspect_doc(cid, name, doc)
+        out = self._inspect_doc(cid, name, doc)
+        if self.networks is not None:
+            out["NetworkSettings"] = self.networks.settings(cid, name, doc)
+        if doc.get("Warnings"):  # berth's own field: the published-port check's findings (engine.portcheck)
+            out["Warnings"] = list(doc["Warnings"])
+        return out
 
     def _inspect_doc(self, cid: str, name: str, doc: dict[str, Any]) -> dict[str, Any]:
         mode = doc["HostConfig"].get("NetworkMode") or "bridge"
@@ -361,7 +409,10 @@ class ContainerService:
                 "ancestor": lambda v: self._is_ancestor(doc, v),
                 "exited": lambda v: state["Status"] == "exited" and str(state["ExitCode"]) == v,
                 "health": lambda v: (state.get("Health") or {}).get("Status", "none") == v,
-                "network": lambda v: v in {doc["HostConfig"].get("NetworkMode") or "bridge"},
+                "network": lambda v: v in {doc["HostConfig"].get("NetworkMode") or "bridge",
+                                           *(self.networks.network_names(cid) if self.networks else ())},
+                "volume": lambda v: any(v in (m.get("Name"), m.get("Source"), m.get("Destination"))
+                                        for m in doc.get("Mounts") or []),
             }
             for key, values in filters.items():
                 if key == "label":
@@ -407,6 +458,8 @@ class ContainerService:
             "NetworkSettings": {"Networks": {} if mode == "none" else {mode: _endpoint(cid)}},
             "Mounts": doc.get("Mounts", []),
         }
+        if self.networks is not None:
+            out.update(self.networks.summary(cid, name, doc))
         if size:
             try:
                 out["SizeRw"] = self.snapshotter.usage(cid)
@@ -439,13 +492,23 @@ class ContainerService:
             )
         if state.is_active():
             raise Conflict(f'cannot remove container "/{name}": the container is still running')
-        self._destroy(cid, name, doc)
+        self._destroy(cid, name, doc, volumes)
 
-    def _destroy(self, cid: str, name: str, doc: dict[str, Any]) -> None:
+    def _detach_volumes(self, cid: str, doc: dict[str, Any]) -> None:
+        """Remove the anonymous volumes the (now gone) container made, unless another container uses them."""
+        if self.volumes is not None and doc.get("MountPoints"):
+            self.volumes.detach(cid, doc["MountPoints"])
+
+    def _destroy(self, cid: str, name: str, doc: dict[str, Any], volumes: bool = False) -> None:
         # the record goes first, so `wait?condition=removed` is answered without waiting for the disk work;
         # a crash before the cleanup below leaves orphans that reap_orphans removes at the next start
         self.db.delete(cid)
+        if volumes:  # before the waiters hear of the removal: `run --rm` returns with its volumes gone (moby)
+            self._detach_volumes(cid, doc)
         self.on_destroy(cid)
+        if self.networks is not None:
+            with contextlib.suppress(Exception):  # the record is gone already; leftovers are reaped at start
+                self.networks.forget(cid)
         self.events.publish("container", "destroy", cid, self.attributes(name, doc))
         with contextlib.suppress(NotFound):
             self.snapshotter.remove(cid)
@@ -594,6 +657,8 @@ def merge_config(body: dict[str, Any], image: dict[str, Any]) -> dict[str, Any]:
     out.setdefault("Hostname", "")
     return out
 
+
+_MOUNT_API_KEYS = ("Type", "Name", "Source", "Destination", "Driver", "Mode", "RW", "Propagation")
 
 _HOST_DEFAULTS: dict[str, Any] = {
     "Binds": None,

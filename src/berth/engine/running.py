@@ -62,6 +62,50 @@ class HealthHooks(Protocol):
     def close(self) -> None: ...
 
 
+class FileBindHooks(Protocol):
+    """The single-file bind follower (berth.engine.filebinds), told when a container's init runs and ends."""
+
+    def started(self, cid: str, doc: dict[str, Any], pid: int) -> None: ...
+    def stopped(self, cid: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class RunningHooks(Protocol):
+    """A service told when a container's init has just started and when it ends: the published-port check
+    (berth.engine.portcheck; not re-run for containers found running at daemon start-up: it warned already)."""
+
+    def started(self, cid: str, doc: dict[str, Any], pid: int) -> None: ...
+    def stopped(self, cid: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class VolumeMountHooks(Protocol):
+    """The volume service (berth.engine.volumes): mounts and fills a container's volumes at start, unmounts after."""
+
+    def prepare(self, cid: str, doc: dict[str, Any], rootfs: Path) -> None: ...
+    def release(self, cid: str) -> None: ...
+
+
+class NetworkHooks(Protocol):
+    """The network service (berth.engine.networks): builds a container's network namespace before its spec is
+    written (the path to join; None for the host's) and tears it down when the container stops."""
+
+    def setup(self, cid: str, name: str, doc: dict[str, Any]) -> str | None: ...
+    def release(self, cid: str) -> None: ...
+
+
+class DnsHooks(Protocol):
+    """Name resolution (berth.engine.dns): rewrites hosts and resolv.conf once the addresses are known and binds
+    the embedded DNS server inside the new namespace (``prepare``, worker thread), serves it (``started``; also
+    for containers found running at daemon start-up) and closes it when the namespace goes (``release``, any
+    thread)."""
+
+    def prepare(self, cid: str, doc: dict[str, Any], netns: str | None) -> None: ...
+    def started(self, cid: str, doc: dict[str, Any], pid: int) -> None: ...
+    def release(self, cid: str) -> None: ...
+    def close(self) -> None: ...
+
+
 class ContainerRunner:
     def __init__(self, containers: ContainerService, exec_root: Path, *, init_path: str | None = None,
                  monitor_log: Path | None = None) -> None:
@@ -78,6 +122,11 @@ class ContainerRunner:
         self._connect_lock = asyncio.Lock()
         self.containers.on_destroy = self._destroyed
         self.health: HealthHooks | None = None
+        self.file_binds: FileBindHooks | None = None
+        self.volumes: VolumeMountHooks | None = None
+        self.port_check: RunningHooks | None = None
+        self.networks: NetworkHooks | None = None
+        self.dns: DnsHooks | None = None
 
     # --- daemon lifecycle --------------------------------------------------------------------------
 
@@ -93,9 +142,14 @@ class ContainerRunner:
         for cid in active:
             seen = known.get(cid)
             if seen and seen["status"] == "running":
-                if self.health is not None:
+                if self.health is not None or self.file_binds is not None or self.dns is not None:
                     _, _, doc = await asyncio.to_thread(self.containers.resolve, cid)
+                if self.health is not None:
                     self.health.started(cid, doc)
+                if self.file_binds is not None:
+                    self.file_binds.started(cid, doc, int(seen.get("pid") or doc["State"].get("Pid") or 0))
+                if self.dns is not None:
+                    self.dns.started(cid, doc, int(seen.get("pid") or doc["State"].get("Pid") or 0))
                 continue
             if seen and seen["status"] == "exited":
                 await self._apply_exit(cid, seen)
@@ -122,6 +176,12 @@ class ContainerRunner:
                 st.task.cancel()
         if self.health is not None:
             self.health.close()
+        if self.file_binds is not None:
+            self.file_binds.close()
+        if self.port_check is not None:
+            self.port_check.close()
+        if self.dns is not None:
+            self.dns.close()
 
     async def _follow_events(self, ready: asyncio.Event) -> None:
         while True:
@@ -168,7 +228,17 @@ class ContainerRunner:
         if self.health is not None:
             self.health.prepare(doc)
         # one worker hop for the bundle and the record: each hop costs a thread wake-up on the hot path
-        bundle = await asyncio.to_thread(self._prepare_and_record, cid, doc)
+        try:
+            bundle = await asyncio.to_thread(self._prepare_and_record, cid, doc, name)
+        except BerthError as e:  # e.g. a published port already taken: nothing was started, nothing is left
+            never_ran = (doc["State"].get("FinishedAt") or "").startswith("0001-")
+            doc["State"].update({"Status": "created" if never_ran else "exited", "Running": False, "Pid": 0,
+                                 "Error": str(e)})
+            await asyncio.to_thread(self.containers.db.update, cid, doc)
+            if host.get("AutoRemove"):
+                with contextlib.suppress(BerthError):
+                    await asyncio.to_thread(self.containers.remove, cid, True, True)
+            raise
         try:
             reply = await self.monitor.request(
                 "start", id=cid, bundle=str(bundle), tty=bool(doc["Config"].get("Tty")),
@@ -185,11 +255,17 @@ class ContainerRunner:
             await asyncio.to_thread(self._release_bundle, cid)
             if host.get("AutoRemove"):  # dockerd removes it too: `docker run --rm` waits for the removal
                 with contextlib.suppress(BerthError):
-                    await asyncio.to_thread(self.containers.remove, cid, True, False)
+                    await asyncio.to_thread(self.containers.remove, cid, True, True)
             raise InvalidArgument(message) if _exit_for(message) in (126, 127) else type(e)(message) from None
         await asyncio.to_thread(self._record_pid, cid, int(reply["pid"]))
         if self.health is not None:
             self.health.started(cid, doc)
+        if self.file_binds is not None:
+            self.file_binds.started(cid, doc, int(reply["pid"]))
+        if self.port_check is not None:
+            self.port_check.started(cid, doc, int(reply["pid"]))
+        if self.dns is not None:
+            self.dns.started(cid, doc, int(reply["pid"]))
         self.containers.events.publish("container", "start", cid, self.containers.attributes(name, doc))
 
     def _runtime_binary(self, doc: dict[str, Any]) -> str:
@@ -200,8 +276,20 @@ class ContainerRunner:
     def _runtime(self, doc: dict[str, Any]) -> oci_cli.Runtime:
         return oci_cli.runtime_for(self._runtime_binary(doc), self.exec_root, self.runtime_root)
 
-    def _prepare_and_record(self, cid: str, doc: dict[str, Any]) -> Path:
-        bundle = self._prepare_bundle(cid, doc)
+    def runtime_of(self, doc: dict[str, Any]) -> oci_cli.Runtime:
+        """The runtime container ``doc`` runs with (its ``state``: init PID, cgroup), for stats, top and update."""
+        return self._runtime(doc)
+
+    def _prepare_and_record(self, cid: str, doc: dict[str, Any], name: str = "") -> Path:
+        try:
+            # the network namespace first: the spec names its path (a port already taken fails here, cheaply)
+            netns = self.networks.setup(cid, name, doc) if self.networks is not None else None
+            if self.dns is not None:  # the addresses are known now: hosts, resolv.conf, the DNS socket
+                self.dns.prepare(cid, doc, netns)
+            bundle = self._prepare_bundle(cid, doc, netns=netns)
+        except BaseException:
+            self._release_bundle(cid)
+            raise
         self.containers.db.update(cid, doc)
         return bundle
 
@@ -213,13 +301,15 @@ class ContainerRunner:
                 current["State"]["Pid"] = pid
                 self.containers.db.update(cid, current)
 
-    def _prepare_bundle(self, cid: str, doc: dict[str, Any]) -> Path:
+    def _prepare_bundle(self, cid: str, doc: dict[str, Any], *, netns: str | None = None) -> Path:
         bundle = self.bundles / cid
         rootfs = bundle / "rootfs"
         rootfs.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not is_mountpoint(rootfs):
             mount_all(self.containers.snapshotter.mounts(cid), rootfs)
-        spec = container_spec(cid, doc, rootfs, self.containers.paths, init_path=self.init_path)
+        if self.volumes is not None:  # before the spec: an empty volume is filled from the mounted image
+            self.volumes.prepare(cid, doc, rootfs)
+        spec = container_spec(cid, doc, rootfs, self.containers.paths, init_path=self.init_path, netns=netns)
         if self._runtime_binary(doc) != oci_cli.LIBRARY and not spec.linux.cgroups_path.startswith("/"):
             # runc reads a relative cgroupsPath under its own cgroup; berth's (and pause's) is the hierarchy root
             spec = dataclasses.replace(spec, linux=dataclasses.replace(
@@ -232,6 +322,14 @@ class ContainerRunner:
     def _release_bundle(self, cid: str) -> None:
         bundle = self.bundles / cid
         unmount_under(bundle / "rootfs")
+        if self.dns is not None:
+            self.dns.release(cid)
+        if self.networks is not None:
+            with contextlib.suppress(BerthError, OSError):
+                self.networks.release(cid)
+        if self.volumes is not None:
+            with contextlib.suppress(BerthError, OSError):
+                self.volumes.release(cid)
         with contextlib.suppress(OSError):
             (bundle / "config.json").unlink()
         with contextlib.suppress(OSError):
@@ -249,6 +347,10 @@ class ContainerRunner:
             found = await asyncio.to_thread(self._record_exit, cid, ev, loop)
         if self.health is not None:
             self.health.stopped(cid)
+        if self.file_binds is not None:
+            self.file_binds.stopped(cid)
+        if self.port_check is not None:
+            self.port_check.stopped(cid)
         if found is None:
             return
         doc, code, started = found
@@ -274,6 +376,9 @@ class ContainerRunner:
         auto_remove = bool(doc["HostConfig"].get("AutoRemove"))
         if not auto_remove:  # with --rm the removal unmounts it, after the waiters have their answer
             self._release_bundle(cid)
+        elif self.networks is not None:  # dockerd releases the endpoint at the exit, before `run --rm` returns
+            with contextlib.suppress(BerthError, OSError):
+                self.networks.release(cid)
         attrs = self.containers.attributes(name, doc)
         if oom:
             self.containers.events.publish("container", "oom", cid, attrs)
@@ -287,7 +392,7 @@ class ContainerRunner:
             loop.call_soon_threadsafe(_resolve_all, exit_futs, {"StatusCode": code, "Error": None})
         if auto_remove:
             with contextlib.suppress(BerthError):
-                self.containers.remove(cid, True, False)
+                self.containers.remove(cid, True, True)  # --rm takes the anonymous volumes too
         return doc, code, started
 
     def _restart_state(self, cid: str) -> _RestartState:

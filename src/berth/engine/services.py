@@ -13,9 +13,12 @@ if TYPE_CHECKING:
     from berth.engine.execs import ExecService
     from berth.engine.images import ImageService
     from berth.engine.logs import LogService
+    from berth.engine.networks import NetworkService
+    from berth.engine.registry import RegistryService
     from berth.engine.running import ContainerRunner
     from berth.engine.stats import StatsService
     from berth.engine.system import SystemService
+    from berth.engine.volumes import VolumeService
 
 
 @dataclass
@@ -32,3 +35,6 @@ class Engine:
     stats: StatsService | None = None
     archive: ArchiveService | None = None
     commits: CommitService | None = None
+    volumes: VolumeService | None = None
+    networks: NetworkService | None = None
+    registry: RegistryService | None = None

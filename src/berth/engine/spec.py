@@ -6,9 +6,12 @@ container's ``Config`` and ``HostConfig``: command and environment, the user res
 init), devices, cgroup resources, sysctls and rlimits. Bad input raises ``InvalidArgument`` with Docker's (or
 runc's) wording; Docker features berth does not have yet raise ``NotImplementedYet``.
 
+A container's mount points (binds, volumes, ``--mount``, ``--volumes-from``, image volumes) are decided once, at
+create, by :func:`plan_mounts` and recorded in its document (``MountPoints``); the spec mounts what was recorded.
+
 Effects, like Docker's at the same point: the working directory is created inside the rootfs if missing (in-root
 resolution, never outside it) and a missing host source of a legacy ``Binds`` entry is created on the host.
-A bridge container only gets a private network namespace here; wiring it to a network is the network layer's job.
+The network namespace is the one the network layer prepared (berth.engine.networks), or a private one without it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import posixpath
 import re
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,11 +227,13 @@ def _container_mode(mode: str, what: str) -> None:
         raise NotImplementedYet(f"joining another container's {what} namespace is not supported yet")
 
 
-def namespaces(host: Mapping[str, Any]) -> tuple[Namespace, ...]:
-    """Which namespaces the container gets (Docker's order), from the four modes and CgroupnsMode."""
+def namespaces(host: Mapping[str, Any], netns: str | None = None) -> tuple[Namespace, ...]:
+    """Which namespaces the container gets (Docker's order), from the four modes and CgroupnsMode; ``netns`` is
+    the network namespace file that the network layer prepared (bridge, none and ``container:`` modes)."""
     net, ipc, pid, uts = (_str(host, k) for k in ("NetworkMode", "IpcMode", "PidMode", "UTSMode"))
     for mode, what in ((net, "network"), (ipc, "ipc"), (pid, "pid")):
-        _container_mode(mode, what)
+        if not (what == "network" and netns):
+            _container_mode(mode, what)
     userns = _str(host, "UsernsMode")
     if userns not in ("", "host"):
         raise NotImplementedYet("user namespaces are not supported yet")
@@ -236,7 +241,7 @@ def namespaces(host: Mapping[str, Any]) -> tuple[Namespace, ...]:
     if pid != "host":
         out.append(Namespace("pid"))
     if net != "host":
-        out.append(Namespace("network"))
+        out.append(Namespace("network", netns or ""))
     if ipc != "host":
         out.append(Namespace("ipc"))
     if uts != "host":
@@ -396,61 +401,10 @@ def _size_text(size: int) -> str:
 
 
 def parse_mount(m: Mapping[str, Any]) -> Mount:
-    """One ``HostConfig.Mounts`` entry of type bind or tmpfs (moby ``validateMountConfig`` wording)."""
-    kind = _str(m, "Type")
-    target = _str(m, "Target")
-    source = _str(m, "Source")
-    readonly = bool(m.get("ReadOnly"))
-
-    def bad(msg: str) -> InvalidArgument:
-        return InvalidArgument(f'invalid mount config for type "{kind}": {msg}')
-
-    if kind == "volume":
+    """One ``HostConfig.Mounts`` entry of type bind or tmpfs; volumes need the engine (:func:`plan_mounts`)."""
+    if _str(m, "Type") == "volume":
         raise NotImplementedYet("named volumes are not supported yet")
-    if kind not in ("bind", "tmpfs"):
-        raise bad("mount type unknown")
-    if not target:
-        raise bad("field Target must not be empty")
-    dest = _check_destination(target, "", kind)
-    if m.get("VolumeOptions"):
-        raise bad("field VolumeOptions must not be specified")
-    if kind == "bind":
-        if m.get("TmpfsOptions"):
-            raise bad("field TmpfsOptions must not be specified")
-        if not source:
-            raise bad("field Source must not be empty")
-        if not source.startswith("/"):
-            raise bad(f"invalid mount path: '{source}' mount path must be absolute")
-        opts = m.get("BindOptions") or {}
-        if not isinstance(opts, dict):
-            raise bad("BindOptions must be an object")
-        propagation = _str(opts, "Propagation")
-        if propagation and propagation not in PROPAGATIONS:
-            raise bad(f"invalid propagation mode: {propagation}")
-        src = posixpath.normpath(source)
-        if not opts.get("CreateMountpoint") and not os.path.exists(src):
-            raise bad(f"bind source path does not exist: {source}")
-        return Mount(dest, "bind", src, _bind_options(readonly, propagation, not opts.get("NonRecursive")))
-    if source:
-        raise bad("field Source must not be specified")
-    if m.get("BindOptions"):
-        raise bad("field BindOptions must not be specified")
-    topts = m.get("TmpfsOptions") or {}
-    if not isinstance(topts, dict):
-        raise bad("TmpfsOptions must be an object")
-    raw: list[str] = ["ro"] if readonly else []
-    mode, size = _int(topts, "Mode"), _int(topts, "SizeBytes")
-    if mode < 0 or size < 0:
-        raise bad("invalid tmpfs size or mode")
-    if mode:
-        raw.append(f"mode={mode:o}")
-    if size:
-        raw.append(f"size={_size_text(size)}")
-    for opt in topts.get("Options") or []:
-        if not isinstance(opt, list) or not all(isinstance(x, str) for x in opt):
-            raise bad("TmpfsOptions.Options must be a list of string lists")
-        raw.append("=".join(opt))
-    return _tmpfs(dest, ",".join(raw))
+    return spec_mount(mount_point_from_api(m))
 
 
 def user_mounts(host: Mapping[str, Any]) -> list[Mount]:
@@ -475,6 +429,248 @@ def create_bind_sources(mounts: Iterable[Mount]) -> None:
     for m in mounts:
         if m.type == "bind" and not os.path.exists(m.source):
             os.makedirs(m.source, 0o755, exist_ok=True)
+
+
+# --- mount points: a container's mounts as decided at create (moby daemon/volumes.go registerMountPoints) -------
+
+
+@dataclass(frozen=True)
+class MountPoint:
+    """One of a container's mounts as Docker records it (inspect ``Mounts``), decided at create.
+
+    ``type`` is bind, volume or tmpfs. A volume's ``name`` is "" until the engine makes the anonymous volume, and its
+    ``source`` is the volume's directory once the volume exists. ``no_copy`` keeps an empty volume from being filled
+    from the image; ``create_source`` (legacy ``Binds``, ``CreateMountpoint``) makes a missing host directory;
+    ``anonymous`` marks a volume made for this mount without a name (``rm -v`` removes it).
+    ``driver_options`` and ``labels`` are what ``VolumeOptions`` asks a volume created for this mount to have.
+    """
+
+    type: str
+    destination: str
+    source: str = ""
+    name: str = ""
+    driver: str = ""
+    mode: str = ""
+    rw: bool = True
+    propagation: str = ""
+    no_copy: bool = False
+    recursive: bool = True
+    tmpfs_options: str = ""
+    create_source: bool = False
+    anonymous: bool = False
+    driver_options: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.type not in ("bind", "volume", "tmpfs") or not self.destination.startswith("/"):
+            raise InvalidArgument(f"invalid mount point: {self.type} on {self.destination!r}")
+
+    def api(self) -> dict[str, Any]:
+        """Docker's ``types.MountPoint`` (Name and Driver only for volumes)."""
+        out: dict[str, Any] = {"Type": self.type}
+        if self.type == "volume":
+            out["Name"] = self.name
+        out["Source"] = self.source
+        out["Destination"] = self.destination
+        if self.type == "volume":
+            out["Driver"] = self.driver
+        out.update({"Mode": self.mode, "RW": self.rw, "Propagation": self.propagation})
+        return out
+
+    def record(self) -> dict[str, Any]:
+        """The form kept in the container's document (``MountPoints``): the API shape plus berth's fields."""
+        return {**self.api(), "NoCopy": self.no_copy, "Recursive": self.recursive, "TmpfsOptions": self.tmpfs_options,
+                "CreateSource": self.create_source, "Anonymous": self.anonymous}
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> MountPoint:
+        return cls(str(r["Type"]), str(r["Destination"]), str(r.get("Source") or ""), str(r.get("Name") or ""),
+                   str(r.get("Driver") or ""), str(r.get("Mode") or ""), bool(r.get("RW", True)),
+                   str(r.get("Propagation") or ""), bool(r.get("NoCopy")), bool(r.get("Recursive", True)),
+                   str(r.get("TmpfsOptions") or ""), bool(r.get("CreateSource")), bool(r.get("Anonymous")))
+
+
+def bind_mount_point(raw: str, volume_driver: str = "") -> MountPoint:
+    """One legacy ``Binds`` entry (moby linuxParser.ParseMountRaw): ``/host:/dst``, ``name:/dst`` or ``/dst``,
+    each with an optional ``:mode`` (ro|rw, z|Z, a propagation, nocopy)."""
+    parts = raw.split(":")
+    if not parts[0] or len(parts) > 3:
+        raise InvalidArgument(f"invalid volume specification: '{raw}'")
+    src, dst, mode = "", parts[0], ""
+    if len(parts) == 2:
+        if _valid_mode(parts[1]):
+            raise InvalidArgument(f"invalid volume specification: '{raw}'")
+        src, dst = parts
+    elif len(parts) == 3:
+        src, dst, mode = parts
+    if mode and not _valid_mode(mode):
+        raise InvalidArgument(f"invalid mode: {mode}")
+    kind = "bind" if src.startswith("/") else "volume"
+    dest = _check_destination(dst, raw, kind)
+    modes = mode.split(",") if mode else []
+    readonly = "ro" in modes
+    propagation = next((m for m in modes if m in PROPAGATIONS), "")
+
+    def bad(msg: str) -> InvalidArgument:
+        return InvalidArgument(f"invalid volume specification: '{raw}': invalid mount config for type "
+                               f"\"{kind}\": {msg}")
+
+    if kind == "bind":
+        if "nocopy" in modes:
+            raise bad("field VolumeOptions must not be specified")
+        return MountPoint("bind", dest, posixpath.normpath(src), mode=mode, rw=not readonly,
+                          propagation=propagation or "rprivate", create_source=True)
+    if src and not VOLUME_NAME_RE.match(src):
+        raise InvalidArgument(
+            f'"{src}" includes invalid characters for a local volume name, only "[a-zA-Z0-9][a-zA-Z0-9_.-]" '
+            "are allowed. If you intended to pass a host directory, use absolute path")
+    if propagation:
+        raise bad("field BindOptions must not be specified")
+    driver = volume_driver or "local"
+    # moby setBindModeIfNull: a local volume named in Binds shows Mode "z" when no mode was given
+    return MountPoint("volume", dest, name=src, driver=driver, mode=mode or ("z" if driver == "local" else ""),
+                      rw=not readonly, no_copy="nocopy" in modes)
+
+
+def mount_point_from_api(m: Mapping[str, Any]) -> MountPoint:
+    """One ``HostConfig.Mounts`` entry (moby linuxParser.ParseMountSpec; ``validateMountConfig`` wording)."""
+    kind = _str(m, "Type")
+    target = _str(m, "Target")
+    source = _str(m, "Source")
+    readonly = bool(m.get("ReadOnly"))
+
+    def bad(msg: str) -> InvalidArgument:
+        return InvalidArgument(f'invalid mount config for type "{kind}": {msg}')
+
+    if kind not in ("bind", "tmpfs", "volume"):
+        raise bad("mount type unknown")
+    if not target:
+        raise bad("field Target must not be empty")
+    dest = _check_destination(target, "", kind)
+    for key, allowed in (("VolumeOptions", "volume"), ("BindOptions", "bind"), ("TmpfsOptions", "tmpfs")):
+        if m.get(key) and kind != allowed:
+            raise bad(f"field {key} must not be specified")
+    if kind == "volume":
+        vopts = m.get("VolumeOptions") or {}
+        if not isinstance(vopts, dict):
+            raise bad("VolumeOptions must be an object")
+        driver_cfg = vopts.get("DriverConfig") or {}
+        if not isinstance(driver_cfg, dict):
+            raise bad("VolumeOptions.DriverConfig must be an object")
+        if vopts.get("Subpath"):
+            raise NotImplementedYet("volume subpaths are not supported yet")
+        driver = _str(driver_cfg, "Name") or "local"
+        return MountPoint("volume", dest, name=source, driver=driver, mode="z" if driver == "local" else "",
+                          rw=not readonly, no_copy=bool(vopts.get("NoCopy")),
+                          driver_options=tuple(sorted(_str_map(driver_cfg, "Options").items())),
+                          labels=tuple(sorted(_str_map(vopts, "Labels").items())))
+    if kind == "bind":
+        if not source:
+            raise bad("field Source must not be empty")
+        if not source.startswith("/"):
+            raise bad(f"invalid mount path: '{source}' mount path must be absolute")
+        opts = m.get("BindOptions") or {}
+        if not isinstance(opts, dict):
+            raise bad("BindOptions must be an object")
+        propagation = _str(opts, "Propagation")
+        if propagation and propagation not in PROPAGATIONS:
+            raise bad(f"invalid propagation mode: {propagation}")
+        src = posixpath.normpath(source)
+        create = bool(opts.get("CreateMountpoint"))
+        if not create and not os.path.exists(src):
+            raise bad(f"bind source path does not exist: {source}")
+        return MountPoint("bind", dest, src, rw=not readonly, propagation=propagation or "rprivate",
+                          recursive=not opts.get("NonRecursive"), create_source=create)
+    if source:
+        raise bad("field Source must not be specified")
+    topts = m.get("TmpfsOptions") or {}
+    if not isinstance(topts, dict):
+        raise bad("TmpfsOptions must be an object")
+    raw: list[str] = ["ro"] if readonly else []
+    mode, size = _int(topts, "Mode"), _int(topts, "SizeBytes")
+    if mode < 0 or size < 0:
+        raise bad("invalid tmpfs size or mode")
+    if mode:
+        raw.append(f"mode={mode:o}")
+    if size:
+        raw.append(f"size={_size_text(size)}")
+    for opt in topts.get("Options") or []:
+        if not isinstance(opt, list) or not all(isinstance(x, str) for x in opt):
+            raise bad("TmpfsOptions.Options must be a list of string lists")
+        raw.append("=".join(opt))
+    data = ",".join(raw)
+    _tmpfs(dest, data)  # checks the options now
+    return MountPoint("tmpfs", dest, rw=not readonly, tmpfs_options=data)
+
+
+def parse_volumes_from(spec_text: str) -> tuple[str, str]:
+    """``container[:ro|rw]`` (moby ParseVolumesFrom): the container and the mode."""
+    if not spec_text:
+        raise InvalidArgument("volumes-from specification cannot be an empty string")
+    ref, _, mode = spec_text.partition(":")
+    if not mode:
+        return ref, "rw"
+    modes = mode.split(",")
+    if not _valid_mode(mode) or any(m in PROPAGATIONS or m == "nocopy" for m in modes):
+        raise InvalidArgument(f"invalid mode: {mode}")
+    return ref, mode
+
+
+def plan_mounts(config: Mapping[str, Any], host: Mapping[str, Any],
+                volumes_from: Callable[[str], Sequence[MountPoint]]) -> list[MountPoint]:
+    """A new container's mount points: ``VolumesFrom`` (overridden by the container's own mounts), ``Binds``,
+    ``Mounts``, then an anonymous volume for each image (or ``-v /path``) volume not mounted otherwise.
+
+    ``volumes_from(ref)`` returns another container's mount points. Pure: makes no volume and touches no file.
+    """
+    points: dict[str, MountPoint] = {}
+    for item in _strs(host, "VolumesFrom"):
+        ref, mode = parse_volumes_from(item)
+        readonly = "ro" in mode.split(",")
+        for mp in volumes_from(ref):
+            if mp.type != "tmpfs":
+                # moby copies neither the mode string nor the copy-up flag of the other container's mount
+                points[mp.destination] = dataclasses.replace(mp, rw=mp.rw and not readonly, no_copy=True, mode="")
+    tmpfs = {_check_destination(d, "", "tmpfs") for d in _str_map(host, "Tmpfs")}
+    own: set[str] = set()
+    volume_driver = _str(host, "VolumeDriver")
+    for raw in _strs(host, "Binds"):
+        mp = bind_mount_point(raw, volume_driver)
+        if mp.destination in own or mp.destination in tmpfs:
+            raise InvalidArgument(f"Duplicate mount point: {mp.destination}")
+        own.add(mp.destination)
+        points[mp.destination] = mp
+    for entry in _dicts(host, "Mounts"):
+        mp = mount_point_from_api(entry)
+        if mp.destination in own or mp.destination in tmpfs:
+            raise InvalidArgument(f"Duplicate mount point: {mp.destination}")
+        own.add(mp.destination)
+        points[mp.destination] = mp
+    image_volumes = config.get("Volumes") or {}
+    if not isinstance(image_volumes, dict):
+        raise InvalidArgument("invalid Volumes: must be an object")
+    for dest in sorted(image_volumes):
+        clean = _check_destination(str(dest), "", "volume")
+        if clean not in points and clean not in tmpfs:
+            points[clean] = MountPoint("volume", clean, driver=volume_driver or "local")
+    return sorted(points.values(), key=lambda p: len(p.destination.rstrip("/").split("/")))
+
+
+def spec_mount(mp: MountPoint) -> Mount:
+    """The OCI mount for a recorded mount point (a volume is a bind of its directory)."""
+    if mp.type == "tmpfs":
+        return _tmpfs(mp.destination, mp.tmpfs_options)
+    if not mp.source:
+        raise InvalidArgument(f"mount point {mp.destination} has no source: its volume was not created")
+    return Mount(mp.destination, "bind", mp.source, _bind_options(not mp.rw, mp.propagation, mp.recursive))
+
+
+def recorded_mounts(records: Sequence[Mapping[str, Any]], host: Mapping[str, Any]) -> list[Mount]:
+    """User mounts from the mount points recorded at create plus ``Tmpfs``, parents before children."""
+    out = [spec_mount(MountPoint.from_record(r)) for r in records]
+    for dest, data in _str_map(host, "Tmpfs").items():
+        out.append(_tmpfs(_check_destination(dest, "", "tmpfs"), data))
+    return sorted(out, key=lambda m: len(m.destination.rstrip("/").split("/")))
 
 
 def _without(options: Sequence[str], drop: str) -> tuple[str, ...]:
@@ -766,6 +962,7 @@ def container_spec(
     *,
     cgroup_parent: str = "berth",
     init_path: str | None = None,
+    netns: str | None = None,
 ) -> Spec:
     """The OCI spec to run container ``cid`` (its document ``doc``) on the mounted ``rootfs``.
 
@@ -782,7 +979,7 @@ def container_spec(
     privileged = bool(host.get("Privileged"))
     security = parse_security_opts(_strs(host, "SecurityOpt"))
     cap_names = capabilities(_strs(host, "CapAdd"), _strs(host, "CapDrop"), privileged)
-    ns = namespaces(host)
+    ns = namespaces(host, netns)
     ns_types = {n.type for n in ns}
     hostname = _str(config, "Hostname") if "uts" in ns_types else ""
     if len(hostname) > 64:
@@ -792,7 +989,9 @@ def container_spec(
     init = _init_mount(host, init_path)
     if init is not None:
         args = [INIT_IN_CONTAINER, "--", *args]
-    all_mounts = mounts(host, cid, paths, user_mounts(host), init)
+    recorded = doc.get("MountPoints")
+    users = recorded_mounts(recorded, host) if isinstance(recorded, list) else user_mounts(host)
+    all_mounts = mounts(host, cid, paths, users, init)
     nodes, rules = devices(host)
     res = resources(host, rules)
     if privileged:

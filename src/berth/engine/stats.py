@@ -1,6 +1,6 @@
 """``docker stats``, ``docker top`` and ``docker update``: a container's cgroup read, listed and changed.
 
-The cgroup path comes from the runtime's state (``berth.runtime.linux.state``), the numbers from
+The cgroup path comes from the state of the runtime the container runs with (berth-runtime or runc), the numbers from
 ``berth.kernel.cgroups``. Docker's shapes: a stats document per reading with the previous reading's CPU numbers in
 ``precpu_stats`` (the CLI's CPU % is the difference of the two); a stopped container reads as zeros. ``top`` runs
 the host's ``ps`` and keeps the rows whose PID is in the container's cgroup, as dockerd does. ``update`` applies
@@ -21,9 +21,7 @@ from berth.engine.containers import RESTART_POLICIES, ContainerService
 from berth.engine.spec import resources as spec_resources
 from berth.errors import BerthError, Conflict, InternalError, InvalidArgument, NotFound
 from berth.kernel import cgroups
-from berth.runtime import linux
-from berth.runtime.state import State as RuntimeState
-from berth.runtime.state import Status
+from berth.runtime import oci_cli
 from berth.units import now_rfc3339
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -31,6 +29,7 @@ STATS_INTERVAL_S = 1.0
 PS_TIMEOUT_S = 10.0
 _PS_ARG_PID = re.compile(r"\s+([^\s]*)=\s*(PID[^\s]*)")
 _LIVE = ("running", "paused")
+_LIVE_RUNTIME = ("running", "created", "paused")  # runtime statuses with a live init (runc reports paused)
 UPDATE_NUMBERS = ("BlkioWeight", "CpuShares", "NanoCpus", "CpuPeriod", "CpuQuota", "CpuRealtimePeriod",
                   "CpuRealtimeRuntime", "Memory", "MemorySwap", "MemoryReservation", "KernelMemory")
 _BLKIO_KEYS = ("io_service_bytes_recursive", "io_serviced_recursive", "io_queue_recursive",
@@ -171,24 +170,27 @@ def merge_update(host: dict[str, Any], body: dict[str, Any]) -> None:
 class StatsService:
     """stats, top and update (blocking; call from worker threads)."""
 
-    def __init__(self, containers: ContainerService, runtime_root: Path) -> None:
+    def __init__(self, containers: ContainerService, runtime_root: Path,
+                 runtime_of: Callable[[dict[str, Any]], oci_cli.Runtime] | None = None) -> None:
         self.containers = containers
         self.runtime_root = runtime_root
+        # the runtime a container runs with (the runner's choice); berth's own when not told
+        self.runtime_of = runtime_of or (lambda _doc: oci_cli.LibraryRuntime(runtime_root))
 
-    def _live_state(self, cid: str) -> RuntimeState | None:
-        """The runtime's state of a container whose init still runs, else ``None``."""
+    def _live_state(self, cid: str, doc: dict[str, Any]) -> oci_cli.RuntimeState | None:
+        """The runtime's state (init PID, cgroup) of a container whose init still runs, else ``None``."""
         try:
-            st = linux.state(cid, self.runtime_root)
+            st = self.runtime_of(doc).state(cid)
         except (NotFound, Conflict):
             return None
-        return st if st.status in (Status.RUNNING, Status.CREATED) and st.cgroup_path else None
+        return st if st.status in _LIVE_RUNTIME and st.cgroup_path else None
 
     # --- stats ----------------------------------------------------------------------------------------
 
     def sample(self, ref: str) -> dict[str, Any]:
         """One reading, without ``precpu_stats`` (zeros there); zeros throughout when the container is not running."""
         cid, name, doc = self.containers.resolve(ref)
-        st = self._live_state(cid) if doc["State"]["Status"] in _LIVE else None
+        st = self._live_state(cid, doc) if doc["State"]["Status"] in _LIVE else None
         if st is None:
             return zero_stats(cid, name)
         try:
@@ -246,7 +248,7 @@ class StatsService:
         status = doc["State"]["Status"]
         if status == "restarting":
             raise Conflict(f"Container {cid} is restarting, wait until the container is running")
-        st = self._live_state(cid) if status in _LIVE else None
+        st = self._live_state(cid, doc) if status in _LIVE else None
         if st is None:
             raise Conflict(f"container {cid} is not running")
         pids = set(cgroups.open_cgroup(st.cgroup_path).pids())
@@ -282,7 +284,7 @@ class StatsService:
         except BerthError as e:
             raise type(e)(f"Cannot update container {cid}: {e}") from None
         warnings: list[str] = []
-        st = self._live_state(cid) if doc["State"]["Status"] in _LIVE else None
+        st = self._live_state(cid, doc) if doc["State"]["Status"] in _LIVE else None
         if st is not None:
             try:
                 warnings += cgroups.open_cgroup(st.cgroup_path).apply(cgroups.Resources.from_oci(oci))

@@ -66,6 +66,17 @@ def _cgroup_version() -> str:
     return "2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "1"
 
 
+def disk_usage(images: dict[str, Any], containers: list[dict[str, Any]],
+               volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /system/df``: the images' usage with each image's container count, the containers (as ``ps -a -s``
+    lists them) and the volumes."""
+    users: dict[str, int] = {}
+    for c in containers:
+        users[str(c.get("ImageID"))] = users.get(str(c.get("ImageID")), 0) + 1
+    rows = [{**i, "Containers": users.get(str(i.get("Id")), 0)} for i in images.get("Images") or []]
+    return {**images, "Images": rows, "Containers": containers, "Volumes": volumes, "BuildCache": []}
+
+
 @dataclass
 class SystemService:
     """Version and info documents for the API; counts of images and containers are passed in by the route."""

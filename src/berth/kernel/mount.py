@@ -16,7 +16,7 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,6 +260,65 @@ def _mount_overlay_fsconfig(data: list[str], flags: int, target: str) -> None:
         if mfd >= 0:
             os.close(mfd)
         os.close(fsfd)
+
+
+# open_tree(2), mount_setattr(2) (same numbers on every architecture but alpha)
+_SYS_OPEN_TREE = 428
+_SYS_MOUNT_SETATTR = 442
+OPEN_TREE_CLONE = 0x1
+_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+_AT_EMPTY_PATH = 0x1000
+_AT_RECURSIVE = 0x8000
+_MOVE_MOUNT_BENEATH = 0x200
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def _syscall() -> Callable[..., int]:
+    fn = _libc().syscall
+    fn.restype = ctypes.c_long
+    return fn
+
+
+def open_tree(path: str | os.PathLike[str], *, recursive: bool = False) -> int:
+    """A detached copy of the mount at ``path`` (``OPEN_TREE_CLONE``): a bind not yet attached anywhere, as an
+    fd that :func:`move_mount` attaches (in whatever mount namespace the caller is in by then)."""
+    p = os.fspath(path)
+    flags = OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | (_AT_RECURSIVE if recursive else 0)
+    fd = int(_syscall()(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(_AT_FDCWD), os.fsencode(p), ctypes.c_uint(flags)))
+    if fd < 0:
+        raise _fail("open_tree", p)
+    return fd
+
+
+def mount_setattr(fd: int, attr_set: int, attr_clr: int = 0, *, propagation: int = 0,
+                  recursive: bool = False) -> None:
+    """Change per-mount attributes (``MOUNT_ATTR_RDONLY``, ...) and, when given, the propagation (``MS_PRIVATE``,
+    ...) of the mount behind ``fd`` (e.g. from :func:`open_tree`)."""
+    attr = _MountAttr(attr_set, attr_clr, propagation, 0)
+    flags = _AT_EMPTY_PATH | (_AT_RECURSIVE if recursive else 0)
+    rc = int(_syscall()(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(fd), b"", ctypes.c_uint(flags),
+                        ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))))
+    if rc < 0:
+        raise _fail("mount_setattr")
+
+
+def move_mount(fd: int, target: str | os.PathLike[str], *, beneath: bool = False) -> None:
+    """Attach the mount behind ``fd`` on ``target``; ``beneath`` slides it under the mount on top of ``target``
+    (``MOVE_MOUNT_BENEATH``, Linux >= 6.5), so unmounting that one swaps them with no moment in between."""
+    t = os.fspath(target)
+    flags = _MOVE_MOUNT_F_EMPTY_PATH | (_MOVE_MOUNT_BENEATH if beneath else 0)
+    rc = int(_syscall()(ctypes.c_long(_SYS_MOVE_MOUNT), ctypes.c_int(fd), b"", ctypes.c_int(_AT_FDCWD),
+                        os.fsencode(t), ctypes.c_uint(flags)))
+    if rc < 0:
+        raise _fail("move_mount", t)
 
 
 def unmount(target: str | os.PathLike[str], detach: bool = False) -> None:

@@ -8,6 +8,9 @@ reaps it. It then takes the steps of runc's ``setns_init_linux.go``: a new sessi
 container's own devpts when asked (the master goes back over the console socket), rlimits, umask, seccomp,
 user and capabilities, working directory, no_new_privs, and ``execve`` with only fds 0-2 open.
 
+The container may be berth-runtime's (its state directory) or an OCI binary's such as runc (``cli_state``: the
+binary's ``state`` answer); only the init's PID, its cgroup and the bundle's spec are used either way.
+
 Creator and process talk over a close-on-exec sync pipe: ``pid N`` from the intermediate, ``error TEXT`` from
 either; end-of-file with no error means ``execve`` succeeded. Failures before ``execve`` (command not found,
 bad working directory) therefore reach the caller as errors, with runc's wording, like ``runc exec`` does.
@@ -33,9 +36,9 @@ from berth.kernel import caps as kcaps
 from berth.kernel import cgroups, ns
 from berth.kernel import seccomp as kseccomp
 from berth.oci.runtime_spec import Process
-from berth.runtime import init
+from berth.runtime import init, oci_cli
 from berth.runtime.linux import connect_console, load_spec, seccomp_program
-from berth.runtime.state import DEFAULT_ROOT, StateDir, Status, process_start_time
+from berth.runtime.state import DEFAULT_ROOT, State, StateDir, Status, process_start_time
 
 START_TIMEOUT_S = 10.0
 _MAX_FD = 1 << 20
@@ -56,11 +59,28 @@ class _Plan:
     seccomp_program: bytes | None      # ``seccomp`` compiled by the creator (cached: same as the init's)
 
 
+def cli_state(rs: oci_cli.RuntimeState) -> State:
+    """A container run by an OCI binary (``runc state``), as :func:`execute` takes it: the init's PID with its start
+    time read now (the pidfd opened later is checked against it), the bundle, its rootfs and the cgroup."""
+    status = {"created": Status.CREATED, "running": Status.RUNNING, "stopped": Status.STOPPED}.get(rs.status)
+    if status is None:
+        raise Conflict(f"cannot exec in a container that is {rs.status}")
+    start = process_start_time(rs.pid) if rs.pid > 0 else None
+    if start is None:
+        status = Status.STOPPED
+    rootfs = os.path.join(rs.bundle, load_spec(rs.bundle).root.path)
+    return State(rs.id, rs.pid, rs.bundle, rootfs, "", cgroup_path=rs.cgroup_path, pid_start=start or 0,
+                 status=status)
+
+
 def execute(container_id: str, process: Process, root: str | os.PathLike[str] = DEFAULT_ROOT, *,
             stdio: Sequence[int] = (0, 1, 2), console_socket: str | None = None,
-            console_size: tuple[int, int] | None = None) -> int:
-    """Start ``process`` inside the running container ``container_id``; returns its PID (host view)."""
-    st = StateDir(root).load(container_id)
+            console_size: tuple[int, int] | None = None, state: State | None = None) -> int:
+    """Start ``process`` inside the running container ``container_id``; returns its PID (host view).
+
+    The container is berth-runtime's under ``root`` unless ``state`` is given (another runtime's container,
+    from :func:`cli_state`)."""
+    st = state if state is not None else StateDir(root).load(container_id)
     if st.status is not Status.RUNNING:
         raise Conflict("cannot exec in a stopped container" if st.status is Status.STOPPED
                        else f"cannot exec in a container that is {st.status.value}")

@@ -16,7 +16,7 @@ Layout owned here (under ``<exec-root>/monitor/``)::
     <id>/console.sock  where a TTY container's init sends its pty master
 
 Requests (one JSON line; the answer is one JSON line, except ``attach`` and ``events``, which then stream):
-``ping``, ``start``, ``attach``, ``resize``, ``list``, ``events``, ``forget``, ``shutdown``, and for exec
+``ping``, ``start``, ``attach``, ``resize``, ``list``, ``events``, ``forget``, ``inject``, ``shutdown``, and for exec
 sessions (a process started in a running container through ``berth.runtime.exec``: its own id, stdio and
 attach clients, no log, no exit file) ``exec`` and ``session``; their exits are broadcast as ``exec_exit``.
 ``start`` takes a ``runtime``: ``berth`` (the default: ``berth.runtime.linux`` in-process) or an OCI runtime
@@ -48,6 +48,7 @@ from berth.kernel import cgroups, ns
 from berth.oci.runtime_spec import Process
 from berth.runtime import exec as runtime_exec
 from berth.runtime import jsonlog, linux, oci_cli
+from berth.runtime.state import State as StateDoc
 from berth.runtime.state import StateDir
 
 log = logging.getLogger("berth.monitor")
@@ -334,12 +335,13 @@ class Monitor:
         child_fds: list[int] = []
         try:
             process = Process.from_dict(req["process"])
+            target = self._exec_target(cid)
             s.tty = process.terminal
             if s.tty:
-                pid = self._exec_tty(s, cid, process, (int(h), int(w)))
+                pid = self._exec_tty(s, cid, process, (int(h), int(w)), target)
             else:
                 stdio = self._pipes(s, bool(req.get("stdin")), child_fds)
-                pid = runtime_exec.execute(cid, process, self.runtime_root, stdio=stdio)
+                pid = runtime_exec.execute(cid, process, self.runtime_root, stdio=stdio, state=target)
         except BaseException:
             self._close_stdio(s)
             self.sessions.pop(sid, None)
@@ -362,11 +364,23 @@ class Monitor:
             self._close_stdin(s)
         return {"pid": pid}
 
-    def _exec_tty(self, s: Session, cid: str, process: Process, size: tuple[int, int]) -> int:
+    def _exec_target(self, cid: str) -> StateDoc | None:
+        """The container an exec joins: None for berth-runtime's (its state dir), else the OCI binary's ``state``
+        (the runtime that started it, or, after a monitor restart, the one whose state root knows the id)."""
+        c = self.sessions.get(cid)
+        rt = c.runtime if c is not None and not c.exec_of else None
+        if rt is None and not (self.runtime_root / cid).is_dir():
+            rt = next((r for r in oci_cli.cli_roots(self.exec_root) if (r.root / cid).is_dir()), None)
+        if rt is None or isinstance(rt, oci_cli.LibraryRuntime):
+            return None
+        return runtime_exec.cli_state(rt.state(cid))
+
+    def _exec_tty(self, s: Session, cid: str, process: Process, size: tuple[int, int],
+                  target: StateDoc | None = None) -> int:
         d = self.dir / s.id
         try:
             return self._with_console(s, d, lambda sock: runtime_exec.execute(
-                cid, process, self.runtime_root, console_socket=sock, console_size=size))
+                cid, process, self.runtime_root, console_socket=sock, console_size=size, state=target))
         finally:
             with contextlib.suppress(OSError):
                 d.rmdir()
@@ -413,12 +427,24 @@ class Monitor:
             if not s.out_fds:
                 s.drained.set()
             return
+        self._emit(s, stream, data)
+
+    def _emit(self, s: Session, stream: int, data: bytes) -> None:
+        """Output of the container: into its log and to every client attached to that stream."""
         if s.log is not None:
             s.log.write("stdout" if stream == STDOUT else "stderr", data)
         chunk = data if s.tty else frame(stream, data)
         for c in list(s.clients):
             if stream in c.streams and not c.writer.is_closing():
                 c.writer.write(chunk)
+
+    def op_inject(self, req: dict[str, Any]) -> None:
+        """Add ``data`` to a running container's ``stream`` (stdout/stderr) as if the container wrote it: berthd's
+        warnings about the container reach ``docker run`` and ``docker logs`` this way."""
+        s = self._session(str(req["id"]))
+        if s.status != "running" or s.exec_of:
+            raise Conflict(f"container {s.id} is not running")
+        self._emit(s, STDERR if req.get("stream", "stderr") == "stderr" else STDOUT, str(req["data"]).encode())
 
     def _write_stdin(self, s: Session, data: bytes) -> None:
         if s.stdin_fd is None:

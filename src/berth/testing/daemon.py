@@ -63,6 +63,18 @@ def _remove_empty_cgroup_parents() -> None:
             os.rmdir(parent)
 
 
+def remove_network_objects(prefix: str) -> None:
+    """Every link and the nftables table a daemon with ``--network-prefix prefix`` made (bridges, veths)."""
+    listing = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False).stdout
+    for line in listing.splitlines():
+        parts = line.split(":")
+        if len(parts) > 1:
+            name = parts[1].strip().split("@")[0]
+            if name.startswith(prefix):
+                subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
+    subprocess.run(["nft", "delete", "table", "ip", prefix], capture_output=True, check=False)
+
+
 def request(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None,
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection: status, lower-cased headers, body; the connection is closed after."""
@@ -114,7 +126,8 @@ class BerthDaemon:
     """One berthd process and the directories it owns."""
 
     def __init__(self, base: Path | None = None, *, log_level: str = "debug",
-                 storage_driver: str = "auto", extra_args: tuple[str, ...] = ()) -> None:
+                 storage_driver: str = "auto", extra_args: tuple[str, ...] = (),
+                 dns: str | None = "127.0.0.1") -> None:
         self._own_base = base is None
         self.base = Path(base) if base is not None else _short_tmp()
         self.base.mkdir(parents=True, exist_ok=True)
@@ -129,6 +142,9 @@ class BerthDaemon:
         self.log_level = log_level
         self.storage_driver = storage_driver
         self.extra_args = extra_args
+        self.dns = dns
+        # a unique name prefix for this daemon's bridges, veths and nftables table, all removed at stop
+        self.network_prefix = "bt" + os.urandom(2).hex()
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready_s: float | None = None
         self._clients: list[Any] = []
@@ -146,6 +162,10 @@ class BerthDaemon:
             "--exec-root", str(self.exec_root),
             "--log-level", self.log_level,
             "--storage-driver", self.storage_driver,
+            "--network-prefix", self.network_prefix,
+            # name lookups that no container answers go to the host's loopback, where nothing listens: a test
+            # never sends DNS off this machine (a test that wants forwarding passes its own --dns, or dns=None)
+            *(() if "--dns" in self.extra_args or self.dns is None else ("--dns", self.dns)),
             *self.extra_args,
         ]
 
@@ -235,6 +255,7 @@ class BerthDaemon:
             # the container monitor outlives berthd by design (live restore): a test run ends it by hand
             stop_monitor(self.exec_root, kill_containers=True)
             _remove_empty_cgroup_parents()
+            remove_network_objects(self.network_prefix)
             for root in (self.data_root, self.exec_root):
                 unmount_under(root)
             if self._own_base:

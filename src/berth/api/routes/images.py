@@ -1,4 +1,5 @@
-"""Image routes: list, inspect, history, tag, remove, prune, load, save, import, system df, and berth's bootstrap."""
+"""Image routes: list, inspect, history, tag, remove, prune, load, save, import, pull, push, distribution, system df,
+and berth's bootstrap."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any, BinaryIO
 
 from berth.api.http import EmitWriter, Request, Response, StreamResponse, empty, json_line, json_response, thread_stream
 from berth.api.router import Router
+from berth.engine import system
+from berth.engine.registry import RegistryService, decode_auth_header
 from berth.engine.services import Engine
 from berth.errors import InvalidArgument, NotImplementedYet, Unavailable
 
@@ -41,10 +44,24 @@ def register(router: Router) -> None:
     async def create(req: Request, engine: Engine) -> Response | StreamResponse:
         src = req.q("fromSrc")
         if src is None:
-            image = req.q("fromImage") or ""
-            raise NotImplementedYet(f"pulling {image} is not supported by berth yet: use `docker load` or "
-                                    "`berth image bootstrap`")
+            return await _pull(req, engine)
         return await _import(req, engine, src)
+
+    @router.route("POST", "/images/{name:.*}/push")
+    async def push(req: Request, engine: Engine, name: str) -> StreamResponse:
+        registry = _registry(engine)
+        auth = decode_auth_header(req.headers.get("x-registry-auth"))
+        tag = req.q("tag") or ""
+
+        def work(emit: Any) -> None:
+            registry.push(name, tag, auth, lambda msg: emit(json_line(msg)))
+        return StreamResponse(thread_stream(work))
+
+    @router.route("GET", "/distribution/{name:.*}/json")
+    async def distribution(req: Request, engine: Engine, name: str) -> Response:
+        registry = _registry(engine)
+        auth = decode_auth_header(req.headers.get("x-registry-auth"))
+        return json_response(await asyncio.to_thread(registry.distribution, name, auth))
 
     @router.route("POST", "/images/prune")
     async def prune(req: Request, engine: Engine) -> Response:
@@ -53,7 +70,9 @@ def register(router: Router) -> None:
     @router.route("GET", "/system/df")
     async def disk_usage(req: Request, engine: Engine) -> Response:
         images = await asyncio.to_thread(engine.images.disk_usage)
-        return json_response({**images, "Containers": [], "Volumes": [], "BuildCache": []})
+        containers = await asyncio.to_thread(engine.containers.list_containers, True, -1, True)
+        volumes = await asyncio.to_thread(engine.volumes.disk_usage) if engine.volumes is not None else []
+        return json_response(system.disk_usage(images, containers, volumes))
 
     @router.route("POST", "/berth/images/bootstrap")
     async def bootstrap(req: Request, engine: Engine) -> StreamResponse:
@@ -96,6 +115,26 @@ async def _save(engine: Engine, names: list[str]) -> StreamResponse:
         engine.images.save(names, out)  # type: ignore[arg-type]
         out.flush()
     return StreamResponse(thread_stream(work), content_type=TAR, json_errors=False)
+
+
+def _registry(engine: Engine) -> RegistryService:
+    if engine.registry is None:
+        raise NotImplementedYet("this daemon has no registry client")
+    return engine.registry
+
+
+async def _pull(req: Request, engine: Engine) -> StreamResponse:
+    registry = _registry(engine)
+    image = req.q("fromImage") or ""
+    if not image:
+        raise InvalidArgument("fromImage or fromSrc is required")
+    auth = decode_auth_header(req.headers.get("x-registry-auth"))
+    tag = req.q("tag") or ""
+    platform = req.q("platform") or ""
+
+    def work(emit: Any) -> None:
+        registry.pull(image, tag, auth, platform, lambda msg: emit(json_line(msg)))
+    return StreamResponse(thread_stream(work))
 
 
 async def _import(req: Request, engine: Engine, src: str) -> StreamResponse:

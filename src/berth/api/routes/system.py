@@ -1,14 +1,15 @@
-"""System routes: ``/_ping``, ``/version``, ``/info``, ``/events``."""
+"""System routes: ``/_ping``, ``/version``, ``/info``, ``/events``, ``/auth`` (registry login)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 
 from berth.api.http import Request, Response, StreamResponse, json_line, json_response
 from berth.api.router import Router
 from berth.engine.services import Engine
-from berth.errors import InvalidArgument
+from berth.errors import InvalidArgument, NotImplementedYet
 
 _PING_HEADERS = {
     "Builder-Version": "1",
@@ -37,6 +38,13 @@ def register(router: Router) -> None:
     @router.route("HEAD", "/_ping")
     async def ping_head(req: Request, engine: Engine) -> Response:
         return Response(body=b"", content_type=_TEXT, headers=dict(_PING_HEADERS))
+
+    @router.route("POST", "/auth")
+    async def auth(req: Request, engine: Engine) -> Response:
+        if engine.registry is None:
+            raise NotImplementedYet("this daemon has no registry client")
+        body = await req.json()
+        return json_response(await asyncio.to_thread(engine.registry.login, body))
 
     @router.route("GET", "/version")
     async def version(req: Request, engine: Engine) -> Response:

@@ -1,0 +1,324 @@
+"""Benchmark: published ports, berthd against dockerd, each container on its engine's default bridge.
+
+berth publishes a port with kernel NAT (nftables DNAT, also for connections from 127.0.0.1); Docker, by default,
+with its userland proxy (docker-proxy, one process per published port, copying bytes in user space) plus
+iptables DNAT for traffic from outside. Measured through the same docker CLI, from 127.0.0.1 on the host:
+
+* **stream**: one TCP connection sends ``--stream-mb`` (default 1024) MB through a published port to busybox
+  ``nc -l`` in the container (which writes it to /dev/null); seconds from connect to the container's close,
+  one fresh container per repetition.
+* **requests**: small HTTP requests per second to busybox ``httpd`` through a published port, one connection per
+  request (keep-alive off), sequential, for ``--http-s`` seconds.
+* **run cost of -p**: ``docker run -d -p 8080 busybox sleep`` against ``docker run -d busybox sleep``.
+
+Every host object a run creates is named from a per-run prefix and removed at the end, even on failure: berthd
+runs with the harness's ``--network-prefix bp<hex>`` (its bridge, veths and nftables table go when it stops); dockerd
+gets a bridge the bench creates (``--bridge bd<hex>``, an unused 10.x/24) with ``--iptables=true`` and the
+default userland proxy, and the iptables rules and chains it adds (compared with ``iptables-save`` taken before
+it started) are deleted after it stops, with the bridge.
+
+    .venv/bin/python bench/bench_ports.py --with-docker
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from harness import TMP, Daemon, Harness, HarnessError
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from berth.network.listeners import listeners  # noqa: E402
+from berth.testing.rootfs import FIXTURES  # noqa: E402
+
+IMAGE = "busybox:latest"
+PORT = 8080
+CHUNK = 1 << 20
+
+
+# --- daemons with networks ----------------------------------------------------------------------------------------
+
+
+def free_subnet() -> ipaddress.IPv4Network:
+    routes = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True, text=True,
+                            check=True).stdout
+    used = []
+    for line in routes.splitlines():
+        with contextlib.suppress(ValueError, IndexError):
+            word = line.split()[0] if line.split()[0] not in ("local", "broadcast") else line.split()[1]
+            used.append(ipaddress.IPv4Network(word if "/" in word else word + "/32", strict=False))
+    for _ in range(200):
+        net = ipaddress.IPv4Network(f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(256)}.0/24")
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise HarnessError("no free 10.x/24 for the dockerd bridge")
+
+
+def iptables_rules() -> dict[str, list[str]]:
+    """``iptables-save`` by table: the ``-A`` lines and ``:CHAIN`` declarations."""
+    out: dict[str, list[str]] = {}
+    done = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
+    table = ""
+    for line in done.stdout.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+            out.setdefault(table, [])
+        elif line.startswith(("-A ", ":")) and table:
+            out[table].append(line)
+    return out
+
+
+def nft_tables() -> set[str]:
+    done = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False)
+    return {line.strip() for line in done.stdout.splitlines() if line.startswith("table ")}
+
+
+class DockerNetwork:
+    """dockerd's bridge and the iptables state it adds, undone on exit."""
+
+    def __init__(self) -> None:
+        self.bridge = "bd" + secrets.token_hex(3)
+        self.subnet = free_subnet()
+        self.rules_before: dict[str, list[str]] = {}
+        self.tables_before: set[str] = set()
+
+    def __enter__(self) -> DockerNetwork:
+        self.rules_before = iptables_rules()
+        self.tables_before = nft_tables()
+        gw = f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}"
+        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", gw, "dev", self.bridge], check=True)
+        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        after = iptables_rules()
+        for table, lines in after.items():
+            before = set(self.rules_before.get(table, []))
+            added = [ln for ln in lines if ln not in before]
+            for ln in (x for x in added if x.startswith("-A ")):
+                subprocess.run(["iptables", "-t", table, "-D", *ln[3:].split()], capture_output=True, check=False)
+            for ln in (x for x in added if x.startswith(":")):
+                chain = ln[1:].split()[0]
+                subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True, check=False)
+                subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True, check=False)
+        # tables iptables-nft made for this run alone go too, once nothing is left in them
+        for table in nft_tables() - self.tables_before:
+            family, name = table.split()[1:3]
+            if family in ("ip", "ip6") and name in ("filter", "nat", "mangle", "raw") and not any(
+                    ln.startswith("-A ") for ln in iptables_rules().get(name, [])):
+                subprocess.run(["nft", "delete", "table", family, name], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
+
+
+def start_dockerd(h: Harness, net: DockerNetwork) -> Daemon:
+    """harness.dockerd, but with a bridge of its own, iptables and the userland proxy."""
+    from harness import _dockerd_knows, docker_bindirs
+    bindirs = docker_bindirs()
+    root = h.base / "docker"
+    root.mkdir()
+    sock = root / "docker.sock"
+    config = root / "daemon.json"
+    settings: dict[str, str] = {}
+    if _dockerd_knows(bindirs, b'json:"deprecated-key-path'):
+        settings["deprecated-key-path"] = str(root / "key.json")
+    config.write_text(json.dumps(settings) + "\n")
+    cmd = ["dockerd", f"--host=unix://{sock}", f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}",
+           f"--pidfile={root / 'docker.pid'}", f"--config-file={config}", f"--bridge={net.bridge}",
+           "--iptables=true", "--ip6tables=false"]
+    env = {"PATH": os.pathsep.join([*map(str, bindirs), os.environ.get("PATH", "/usr/bin:/bin")])}
+    return h._start("dockerd", root, sock, cmd, env, 60)
+
+
+# --- measurements -------------------------------------------------------------------------------------------------
+
+
+def docker_ok(d: Daemon, *args: str) -> str:
+    done = d.docker(*args, check=False, timeout=120)
+    if done.returncode != 0:
+        raise HarnessError(f"{d.name}: docker {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def host_port(d: Daemon, cid: str) -> int:
+    doc = json.loads(docker_ok(d, "inspect", cid))[0]
+    return int(doc["NetworkSettings"]["Ports"][f"{PORT}/tcp"][0]["HostPort"])
+
+
+def wait_listening(d: Daemon, cid: str, timeout: float = 10) -> None:
+    """Until the container's app listens (read from its namespace: no probe connection that would use it up)."""
+    pid = int(json.loads(docker_ok(d, "inspect", cid))[0]["State"]["Pid"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(li.port == PORT and li.proto == "tcp" for li in listeners(pid)):
+            return
+        time.sleep(0.02)
+    raise HarnessError(f"{d.name}: nothing listens on {PORT} in {cid[:12]}")
+
+
+@contextlib.contextmanager
+def container(d: Daemon, *args: str) -> Iterator[str]:
+    cid = docker_ok(d, "run", "-d", *args)
+    try:
+        yield cid
+    finally:
+        d.docker("rm", "-f", cid, check=False)
+
+
+def stream_once(d: Daemon, megabytes: int) -> float:
+    with container(d, "-p", f"127.0.0.1::{PORT}", IMAGE, "sh", "-c", f"nc -l -p {PORT} >/dev/null") as cid:
+        wait_listening(d, cid)
+        port = host_port(d, cid)
+        block = b"\0" * CHUNK
+        start = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            for _ in range(megabytes):
+                s.sendall(block)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):  # the container's nc exits at our EOF: its close is the end
+                pass
+        return time.perf_counter() - start
+
+
+def requests_per_s(d: Daemon, seconds: float) -> float:
+    script = f"mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p {PORT} -h /www"
+    with container(d, "-p", f"127.0.0.1::{PORT}", IMAGE, "sh", "-c", script) as cid:
+        wait_listening(d, cid)
+        port = host_port(d, cid)
+        n = 0
+        for _ in range(20):  # warm-up
+            _get(port)
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            _get(port)
+            n += 1
+        return n / (time.perf_counter() - start)
+
+
+def _get(port: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/index.html", headers={"Connection": "close"})
+        resp = conn.getresponse()
+        if resp.status != 200 or resp.read() != b"hello\n":
+            raise HarnessError(f"bad answer {resp.status} from port {port}")
+    finally:
+        conn.close()
+
+
+def run_cost(d: Daemon, publish: bool, created: list[str]) -> float:
+    args = ["run", "-d", *(["-p", str(PORT)] if publish else []), IMAGE, "sleep", "600"]
+    start = time.perf_counter()
+    cid = docker_ok(d, *args)
+    took = time.perf_counter() - start
+    created.append(cid)
+    return took
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def alternate(daemons: list[Daemon], reps: int, fn: Callable[[Daemon], float], label: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {d.name: [] for d in daemons}
+    for rep in range(reps):
+        for d in daemons:
+            out[d.name].append(fn(d))
+        print(f"  {label} {rep + 1}/{reps}  " + "  ".join(f"{k} {v[-1]:.3f}" for k, v in out.items()),
+              file=sys.stderr)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--with-docker", action="store_true", help="also measure a real dockerd")
+    ap.add_argument("--stream-mb", type=int, default=1024)
+    ap.add_argument("--stream-reps", type=int, default=3)
+    ap.add_argument("--http-s", type=float, default=5.0, help="seconds of HTTP requests per repetition")
+    ap.add_argument("--http-reps", type=int, default=3)
+    ap.add_argument("--run-reps", type=int, default=10)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--tmp", type=Path, default=TMP)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        ap.error("needs root (daemons, bridges, firewall rules)")
+    if args.with_docker and not shutil.which("iptables-save"):
+        ap.error("dockerd with --iptables=true needs iptables")
+    archive = Path(FIXTURES) / "busybox-docker-save.tar"
+    results: dict[str, Any] = {}
+    docker_net = DockerNetwork() if args.with_docker else None
+    try:
+        with Harness(keep=args.keep, tmp=args.tmp) as h:
+            daemons = [h.berthd()]
+            if docker_net is not None:
+                docker_net.__enter__()
+                daemons.append(start_dockerd(h, docker_net))
+            for d in daemons:
+                docker_ok(d, "load", "-i", str(archive))
+            created: dict[str, list[str]] = {d.name: [] for d in daemons}
+            try:
+                results["stream_s"] = alternate(daemons, args.stream_reps,
+                                                lambda d: stream_once(d, args.stream_mb), "stream")
+                results["http_rps"] = alternate(daemons, args.http_reps,
+                                                lambda d: requests_per_s(d, args.http_s), "http")
+                results["run_plain_s"] = alternate(daemons, args.run_reps,
+                                                   lambda d: run_cost(d, False, created[d.name]), "run")
+                results["run_publish_s"] = alternate(daemons, args.run_reps,
+                                                     lambda d: run_cost(d, True, created[d.name]), "run -p")
+            finally:
+                for d in daemons:
+                    if created[d.name]:
+                        d.docker("rm", "-f", *created[d.name], check=False, timeout=300)
+    finally:
+        if docker_net is not None:
+            docker_net.cleanup()
+
+    names = list(results["stream_s"])
+    print(f"\npublished ports from 127.0.0.1 (medians; {'berthd vs dockerd' if len(names) > 1 else 'berthd'})")
+    rows = [
+        ("stream", "MB/s", {n: args.stream_mb / median(v) for n, v in results["stream_s"].items()}, True),
+        ("http", "req/s", {n: median(v) for n, v in results["http_rps"].items()}, True),
+        ("run -d", "s", {n: median(v) for n, v in results["run_plain_s"].items()}, False),
+        ("run -d -p", "s", {n: median(v) for n, v in results["run_publish_s"].items()}, False),
+    ]
+    print(f"{'measure':10s} {'unit':6s} " + " ".join(f"{n:>10s}" for n in names) + "  ratio")
+    for label, unit, values, higher_better in rows:
+        line = f"{label:10s} {unit:6s} " + " ".join(f"{values[n]:10.3f}" for n in names)
+        if "berthd" in values and "dockerd" in values:
+            ratio = values["berthd"] / values["dockerd"] if higher_better else values["dockerd"] / values["berthd"]
+            line += f"  {ratio:.2f}x (above 1: berth is better)"
+        print(line)
+    for n in names:
+        extra = median(results["run_publish_s"][n]) - median(results["run_plain_s"][n])
+        print(f"cost of -p on {n}: {extra * 1000:+.0f} ms per run")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except HarnessError as e:
+        print(f"bench_ports: {e}", file=sys.stderr)
+        sys.exit(1)
