@@ -18,7 +18,7 @@ import json
 import posixpath
 import tarfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -149,11 +149,14 @@ class _Plan:
 
 
 def _check_reused_layers(store: ImageStore, plan: _Plan) -> None:
+    check_reused_layers(store, plan.config, plan.layers)
+
+
+def check_reused_layers(store: ImageStore, config: ImageConfig, layers: Sequence[Descriptor]) -> None:
     """A layer whose snapshot exists is not extracted again, so hash its blob here: the stored manifest must
-    not pair a diff ID with other content (``docker save`` and push would hand that content out)."""
-    for i, (layer, diff_id, chain) in enumerate(
-        zip(plan.layers, plan.config.diff_ids, plan.config.chain_ids, strict=True)
-    ):
+    not pair a diff ID with other content (``docker save`` and push would hand that content out). Used by load
+    and by pull."""
+    for i, (layer, diff_id, chain) in enumerate(zip(layers, config.diff_ids, config.chain_ids, strict=True)):
         if layer.digest == diff_id or not _committed(store, str(chain)):
             continue
         hasher = diff_id.hasher()

@@ -176,7 +176,7 @@ class Puller:
                 raise InvalidArgument(f"invalid manifest for {ref.familiar()}: it has {len(manifest.layers)} layers, "
                                       f"its config {len(config.diff_ids)} diff IDs")
             self._layers(ref, manifest, config, scopes, lease)
-            archive._check_reused_layers(self.store, archive._Plan(config, manifest.layers, ()))
+            archive.check_reused_layers(self.store, config, manifest.layers)
             self.store.put_bytes(lease, raw)
             tags = [ref] if ref.tag is not None and ref.digest is None else []
             before = self.store.db.by_tag(str(ref)) if tags else None
