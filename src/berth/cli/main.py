@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 PROG = "berth"
 # One module per object type; a new one (containers, networks, ...) is added here.
-_MODULES = ("berth.cli.system", "berth.cli.images", "berth.cli.containers", "berth.cli.volumes", "berth.cli.networks")
+_MODULES = ("berth.cli.system", "berth.cli.images", "berth.cli.containers", "berth.cli.volumes", "berth.cli.networks",
+            "berth.cli.registry")
 
 _GLOBAL_VALUE_FLAGS = {"-H": "host", "--host": "host", "-l": "log_level", "--log-level": "log_level",
                        "--config": "config", "-c": "context", "--context": "context"}

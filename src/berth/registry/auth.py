@@ -154,7 +154,7 @@ class BasicAuth:
         self.limiter.check(peer)
         challenge = Challenge("Basic", {"realm": self.realm})
         creds = basic_credentials(authorization)
-        if creds is None:
+        if creds is None or not creds[0]:
             raise Challenged(challenge)
         if not self.htpasswd.check(*creds):
             self.limiter.failed(peer)

@@ -365,8 +365,13 @@ class RegistryServer:
             await asyncio.sleep(period)
             try:
                 await asyncio.to_thread(self.purge_uploads)
+                live = {u.uuid for u in await asyncio.to_thread(self.driver.uploads)}
             except Exception:
                 log.exception("purging expired uploads failed")
+                continue
+            # per-session locks of sessions that are gone (abandoned, expired) go too
+            for uuid in [u for u, lock in self._upload_locks.items() if u not in live and not lock.locked()]:
+                del self._upload_locks[uuid]
 
     def purge_uploads(self) -> int:
         """Cancel upload sessions idle for longer than ``upload_ttl_s``; returns how many."""
@@ -937,8 +942,8 @@ def _gc(ns: argparse.Namespace) -> int:
         print(f"{verb} manifest {repo}@{digest}")
     for digest in report.blobs_removed:
         print(f"{verb} blob {digest}")
-    print(f"{report.marked} blobs marked, {len(report.blobs_removed)} blobs {verb} "
-          f"({report.bytes_removed} bytes)")
+    done = "would be deleted" if ns.dry_run else "deleted"
+    print(f"{report.marked} blobs marked, {len(report.blobs_removed)} blobs {done} ({report.bytes_removed} bytes)")
     return 0
 
 
