@@ -152,9 +152,15 @@ def test_top(daemon: Any, running: str) -> None:
     out = daemon.docker("top", running).stdout
     assert out.splitlines()[0].split()[:2] == ["UID", "PID"]
     assert "sleep 300" in out and "sleep 301" in out
-    procs = daemon.client().api.top(running, ps_args="-o pid,comm")
+    deadline = time.monotonic() + 10  # the shell's background child shows as "sh" until it has exec'd sleep
+    while True:
+        procs = daemon.client().api.top(running, ps_args="-o pid,comm")
+        comms = sorted(p[1] for p in procs["Processes"])
+        if comms == ["sh", "sleep", "sleep"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert procs["Titles"] == ["PID", "COMMAND"]
-    assert sorted(p[1] for p in procs["Processes"]) == ["sh", "sleep", "sleep"]
+    assert comms == ["sh", "sleep", "sleep"]
     host_pids = {int(p[0]) for p in procs["Processes"]}
     assert os.getpid() not in host_pids
     res = daemon.docker("top", running, "-o", "ppid=PID", check=False)
