@@ -95,17 +95,18 @@ def build_engine(config: DaemonConfig) -> Engine:
     commits = CommitService(containers, images.store, archive, config.data_root / "tmp", runner.runtime_root)
     log.debug("engine built: storage driver %s", driver)
     execs = ExecService(containers, runner)
-    HealthChecker(containers, runner)  # registers itself as the runner's health hooks
-    PortChecker(containers, runner)  # registers itself as the runner's port_check hooks
-    runner.file_binds = FileBindWatcher()
+    HealthChecker(containers, runner)  # registers itself as one of the runner's observers
+    PortChecker(containers, runner)  # the same
+    runner.observers.append(FileBindWatcher())
     containers.exec_ids = execs.ids
     networks = NetworkService(NetworkDB(config.data_root / "berth.db"), containers, events, config.exec_root,
                               NetworkOptions(prefix=config.network_prefix, bridge=config.bridge, bip=config.bip,
                                              iptables=config.iptables))
     containers.networks = networks
     runner.networks = networks
-    runner.dns = ContainerDns(networks, containers, containers.paths, DnsOptions(
+    runner.dns = dns = ContainerDns(networks, containers, containers.paths, DnsOptions(
         DnsSettings(config.dns, config.dns_search, config.dns_options), config.host_gateway_ip))
+    runner.observers.append(dns)
     volumes = VolumeService(VolumeDB(config.data_root / "berth.db"), LocalDriver(config.data_root / "volumes"),
                             containers.db, events)
     containers.volumes = volumes

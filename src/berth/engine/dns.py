@@ -180,7 +180,10 @@ class ContainerDns:
                                 internal=internal)
         self._served[cid] = _Served(server, udp, tcp)
 
-    def started(self, cid: str, doc: dict[str, Any], pid: int) -> None:
+    def starting(self, doc: dict[str, Any]) -> None:
+        pass
+
+    def started(self, cid: str, doc: dict[str, Any], pid: int, restored: bool) -> None:
         """Event loop: serve the sockets ``prepare`` bound; for a container found running after a daemon restart,
         bind them again first."""
         self._loop = asyncio.get_running_loop()

@@ -180,7 +180,10 @@ class FileBindWatcher:
 
     # --- hooks --------------------------------------------------------------------------------------
 
-    def started(self, cid: str, doc: dict[str, Any], pid: int) -> None:
+    def starting(self, doc: dict[str, Any]) -> None:
+        pass
+
+    def started(self, cid: str, doc: dict[str, Any], pid: int, restored: bool) -> None:
         """Container ``cid`` runs with init ``pid``: watch its single-file binds, and check them once now."""
         self.stopped(cid)
         binds = file_binds(doc.get("HostConfig") or {})

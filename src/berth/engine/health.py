@@ -103,7 +103,7 @@ def on_failure_action(doc: dict[str, Any]) -> str:
 
 
 class HealthChecker:
-    """One probe loop per running container with a healthcheck; the runner's ``health`` hooks."""
+    """One probe loop per running container with a healthcheck; one of the runner's observers."""
 
     def __init__(self, containers: ContainerService, runner: ContainerRunner) -> None:
         self.containers = containers
@@ -111,18 +111,18 @@ class HealthChecker:
         self.monitor = runner.monitor
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._actions: set[asyncio.Task[None]] = set()
-        runner.health = self
+        runner.observers.append(self)
 
     # --- the runner's hooks ---------------------------------------------------------------------------
 
-    def prepare(self, doc: dict[str, Any]) -> None:
+    def starting(self, doc: dict[str, Any]) -> None:
         """At start, before the record is written: a container with a healthcheck starts out "starting"."""
         if Healthcheck.of(doc["Config"]) is None:
             return
         old = doc["State"].get("Health") or {}
         doc["State"]["Health"] = {"Status": "starting", "FailingStreak": 0, "Log": list(old.get("Log") or [])}
 
-    def started(self, cid: str, doc: dict[str, Any]) -> None:
+    def started(self, cid: str, doc: dict[str, Any], pid: int, restored: bool) -> None:
         """The container runs (just started, or found running at daemon start-up): probe it."""
         hc = Healthcheck.of(doc["Config"])
         if hc is None:

@@ -119,7 +119,7 @@ def diagnose(ports: Sequence[PublishedPort], read: Callable[[], list[Listener]],
 
 
 class PortChecker:
-    """The runner's port-check hooks: one short-lived check per container start."""
+    """One of the runner's observers: one short-lived check per container start."""
 
     def __init__(self, containers: ContainerService, runner: ContainerRunner, *, grace: float = GRACE_S) -> None:
         self.containers = containers
@@ -127,9 +127,14 @@ class PortChecker:
         self.grace = grace
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: dict[str, threading.Event] = {}
-        runner.port_check = self
+        runner.observers.append(self)
 
-    def started(self, cid: str, doc: dict[str, Any], pid: int) -> None:
+    def starting(self, doc: dict[str, Any]) -> None:
+        pass
+
+    def started(self, cid: str, doc: dict[str, Any], pid: int, restored: bool) -> None:
+        if restored:  # it warned when the container started; the warning is in the log and the record already
+            return
         self.stopped(cid)
         ports = published_ports(doc)
         if not ports or pid <= 0:

@@ -53,28 +53,14 @@ class _RestartState:
     task: asyncio.Task[None] | None = None
 
 
-class HealthHooks(Protocol):
-    """The healthchecker (berth.engine.health), told when a container starts and exits."""
+class RunObserver(Protocol):
+    """A service that follows running containers: health checks (berth.engine.health), single-file binds
+    (berth.engine.filebinds), the published-port check (berth.engine.portcheck), the embedded DNS server
+    (berth.engine.dns). Told before a start is recorded (``starting``, may edit ``doc``), when the init runs
+    (``restored``: found running at daemon start-up), when it exits, and at daemon shutdown."""
 
-    def prepare(self, doc: dict[str, Any]) -> None: ...
-    def started(self, cid: str, doc: dict[str, Any]) -> None: ...
-    def stopped(self, cid: str) -> None: ...
-    def close(self) -> None: ...
-
-
-class FileBindHooks(Protocol):
-    """The single-file bind follower (berth.engine.filebinds), told when a container's init runs and ends."""
-
-    def started(self, cid: str, doc: dict[str, Any], pid: int) -> None: ...
-    def stopped(self, cid: str) -> None: ...
-    def close(self) -> None: ...
-
-
-class RunningHooks(Protocol):
-    """A service told when a container's init has just started and when it ends: the published-port check
-    (berth.engine.portcheck; not re-run for containers found running at daemon start-up: it warned already)."""
-
-    def started(self, cid: str, doc: dict[str, Any], pid: int) -> None: ...
+    def starting(self, doc: dict[str, Any]) -> None: ...
+    def started(self, cid: str, doc: dict[str, Any], pid: int, restored: bool) -> None: ...
     def stopped(self, cid: str) -> None: ...
     def close(self) -> None: ...
 
@@ -95,15 +81,12 @@ class NetworkHooks(Protocol):
 
 
 class DnsHooks(Protocol):
-    """Name resolution (berth.engine.dns): rewrites hosts and resolv.conf once the addresses are known and binds
-    the embedded DNS server inside the new namespace (``prepare``, worker thread), serves it (``started``; also
-    for containers found running at daemon start-up) and closes it when the namespace goes (``release``, any
-    thread)."""
+    """Name resolution (berth.engine.dns), in step with the network namespace: rewrites hosts and resolv.conf once
+    the addresses are known and binds the embedded DNS server inside the new namespace (``prepare``, worker
+    thread); closes it when the namespace goes (``release``, any thread). It is also a :class:`RunObserver`."""
 
     def prepare(self, cid: str, doc: dict[str, Any], netns: str | None) -> None: ...
-    def started(self, cid: str, doc: dict[str, Any], pid: int) -> None: ...
     def release(self, cid: str) -> None: ...
-    def close(self) -> None: ...
 
 
 class ContainerRunner:
@@ -121,10 +104,8 @@ class ContainerRunner:
         self._events_task: asyncio.Task[None] | None = None
         self._connect_lock = asyncio.Lock()
         self.containers.on_destroy = self._destroyed
-        self.health: HealthHooks | None = None
-        self.file_binds: FileBindHooks | None = None
+        self.observers: list[RunObserver] = []
         self.volumes: VolumeMountHooks | None = None
-        self.port_check: RunningHooks | None = None
         self.networks: NetworkHooks | None = None
         self.dns: DnsHooks | None = None
 
@@ -142,14 +123,11 @@ class ContainerRunner:
         for cid in active:
             seen = known.get(cid)
             if seen and seen["status"] == "running":
-                if self.health is not None or self.file_binds is not None or self.dns is not None:
+                if self.observers:
                     _, _, doc = await asyncio.to_thread(self.containers.resolve, cid)
-                if self.health is not None:
-                    self.health.started(cid, doc)
-                if self.file_binds is not None:
-                    self.file_binds.started(cid, doc, int(seen.get("pid") or doc["State"].get("Pid") or 0))
-                if self.dns is not None:
-                    self.dns.started(cid, doc, int(seen.get("pid") or doc["State"].get("Pid") or 0))
+                    pid = int(seen.get("pid") or doc["State"].get("Pid") or 0)
+                    for observer in self.observers:
+                        observer.started(cid, doc, pid, True)
                 continue
             if seen and seen["status"] == "exited":
                 await self._apply_exit(cid, seen)
@@ -174,14 +152,8 @@ class ContainerRunner:
         for st in self._restart.values():
             if st.task is not None:
                 st.task.cancel()
-        if self.health is not None:
-            self.health.close()
-        if self.file_binds is not None:
-            self.file_binds.close()
-        if self.port_check is not None:
-            self.port_check.close()
-        if self.dns is not None:
-            self.dns.close()
+        for observer in self.observers:
+            observer.close()
 
     async def _follow_events(self, ready: asyncio.Event) -> None:
         while True:
@@ -225,8 +197,8 @@ class ContainerRunner:
         doc["State"].update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
                              "OOMKilled": False, "Dead": False, "Pid": 0, "ExitCode": 0, "Error": "",
                              "StartedAt": now_rfc3339(), "FinishedAt": doc["State"].get("FinishedAt")})
-        if self.health is not None:
-            self.health.prepare(doc)
+        for observer in self.observers:
+            observer.starting(doc)
         # one worker hop for the bundle and the record: each hop costs a thread wake-up on the hot path
         try:
             bundle = await asyncio.to_thread(self._prepare_and_record, cid, doc, name)
@@ -258,14 +230,8 @@ class ContainerRunner:
                     await asyncio.to_thread(self.containers.remove, cid, True, True)
             raise InvalidArgument(message) if _exit_for(message) in (126, 127) else type(e)(message) from None
         await asyncio.to_thread(self._record_pid, cid, int(reply["pid"]))
-        if self.health is not None:
-            self.health.started(cid, doc)
-        if self.file_binds is not None:
-            self.file_binds.started(cid, doc, int(reply["pid"]))
-        if self.port_check is not None:
-            self.port_check.started(cid, doc, int(reply["pid"]))
-        if self.dns is not None:
-            self.dns.started(cid, doc, int(reply["pid"]))
+        for observer in self.observers:
+            observer.started(cid, doc, int(reply["pid"]), False)
         self.containers.events.publish("container", "start", cid, self.containers.attributes(name, doc))
 
     def _runtime_binary(self, doc: dict[str, Any]) -> str:
@@ -345,12 +311,8 @@ class ContainerRunner:
         # --rm's removal see "running")
         async with self._lock(cid):
             found = await asyncio.to_thread(self._record_exit, cid, ev, loop)
-        if self.health is not None:
-            self.health.stopped(cid)
-        if self.file_binds is not None:
-            self.file_binds.stopped(cid)
-        if self.port_check is not None:
-            self.port_check.stopped(cid)
+        for observer in self.observers:
+            observer.stopped(cid)
         if found is None:
             return
         doc, code, started = found
