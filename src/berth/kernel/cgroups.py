@@ -220,8 +220,16 @@ def parse_mountinfo(text: str) -> list[Hierarchy]:
     return found
 
 
+_hierarchies: list[Hierarchy] = []
+
+
 def _host_hierarchies() -> list[Hierarchy]:
-    return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    """The host's cgroup mounts, parsed once per process (mountinfo grows with every container's mounts, and the
+    monitor asks at each create and exit); parsed again if a known mount point went away."""
+    global _hierarchies
+    if not _hierarchies or not all(h.mountpoint.is_dir() for h in _hierarchies):
+        _hierarchies = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    return _hierarchies
 
 
 def _fake_hierarchies(root: Path) -> list[Hierarchy]:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import ipaddress
 import os
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -206,10 +209,19 @@ def new_netns(path: Path) -> Netlink:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
-        link = Netlink.here()
-        link.up("lo")
-        return link
+        loopback_up()
+        return Netlink.here()
     return _in_thread(make)
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` of the calling thread's network namespace up: two ioctls, a tenth of a netlink round trip
+    through pyroute2 (it runs on every container start)."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), siocgifflags, req))[1]
+        fcntl.ioctl(sock.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
 def open_netns(path: Path) -> Netlink:
