@@ -10,13 +10,11 @@ Prints the median seconds for each daemon and the ratio. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from harness import CACHE, TMP, Daemon, Harness, HarnessError
+from harness import CACHE, TMP, Daemon, Harness, HarnessError, alternate, print_medians, run_main, write_json
 from make_image import TAG, make
 
 
@@ -64,44 +62,25 @@ def main() -> int:
             print(f"made a {used} image", file=sys.stderr)
     size_mb = archive.stat().st_size / 1e6
 
-    results: dict[str, list[float]] = {}
     versions: dict[str, str] = {}
     with Harness(keep=args.keep, tmp=args.tmp) as h:
-        daemons = []
-        if not args.no_berth:
-            daemons.append(h.berthd())
-        if args.with_docker:
-            daemons.append(h.dockerd())
+        daemons = h.start(berth=not args.no_berth, docker=args.with_docker)
         for d in daemons:
             versions[d.name] = str(d.version().get("Version", "?"))
-            results[d.name] = []
-        for rep in range(args.reps):
-            for d in daemons:
-                t = time_load(d, archive)
-                results[d.name].append(t)
-                print(f"  run {rep + 1}/{args.reps} {d.name:8s} {t:7.3f}s", file=sys.stderr)
+        results = alternate(daemons, args.reps, lambda d: time_load(d, archive), "run")
         for d in daemons:
             d.docker("rmi", "-f", TAG, check=False)
 
     print(f"\ndocker load -i {archive} ({size_mb:.0f} MB), {args.reps} runs each")
-    print(f"{'daemon':10s} {'version':24s} {'median':>8s} {'min':>8s} {'max':>8s}")
-    medians = {}
-    for name, times in results.items():
-        medians[name] = statistics.median(times)
-        print(f"{name:10s} {versions[name]:24s} {medians[name]:7.3f}s {min(times):7.3f}s {max(times):7.3f}s")
+    medians = print_medians(results, versions, "daemon", (10, 24))
     if "berthd" in medians and "dockerd" in medians:
         ratio = medians["dockerd"] / medians["berthd"]
         verdict = "berth faster" if ratio > 1 else "docker faster"
         print(f"ratio docker/berth = {ratio:.2f}  ({verdict})")
-    if args.json:
-        args.json.write_text(json.dumps({"archive": str(archive), "size_mb": size_mb, "runs": results,
-                                         "versions": versions, "median_s": medians}, indent=2) + "\n")
+    write_json(args.json, {"archive": str(archive), "size_mb": size_mb, "runs": results, "versions": versions,
+                           "median_s": medians})
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except HarnessError as e:
-        print(f"bench_load: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, "bench_load")

@@ -31,15 +31,14 @@ import os
 import secrets
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness import TMP, Daemon, Harness, HarnessError
+from harness import TMP, Daemon, Harness, HarnessError, alternate, median, run_main, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -130,25 +129,6 @@ class DockerNetwork:
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
 
 
-def start_dockerd(h: Harness, net: DockerNetwork) -> Daemon:
-    """harness.dockerd, but with a bridge of its own, iptables and the userland proxy."""
-    from harness import _dockerd_knows, docker_bindirs
-    bindirs = docker_bindirs()
-    root = h.base / "docker"
-    root.mkdir()
-    sock = root / "docker.sock"
-    config = root / "daemon.json"
-    settings: dict[str, str] = {}
-    if _dockerd_knows(bindirs, b'json:"deprecated-key-path'):
-        settings["deprecated-key-path"] = str(root / "key.json")
-    config.write_text(json.dumps(settings) + "\n")
-    cmd = ["dockerd", f"--host=unix://{sock}", f"--data-root={root / 'data'}", f"--exec-root={root / 'exec'}",
-           f"--pidfile={root / 'docker.pid'}", f"--config-file={config}", f"--bridge={net.bridge}",
-           "--iptables=true", "--ip6tables=false"]
-    env = {"PATH": os.pathsep.join([*map(str, bindirs), os.environ.get("PATH", "/usr/bin:/bin")])}
-    return h._start("dockerd", root, sock, cmd, env, 60)
-
-
 # --- measurements -------------------------------------------------------------------------------------------------
 
 
@@ -234,20 +214,6 @@ def run_cost(d: Daemon, publish: bool, created: list[str]) -> float:
     return took
 
 
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def alternate(daemons: list[Daemon], reps: int, fn: Callable[[Daemon], float], label: str) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {d.name: [] for d in daemons}
-    for rep in range(reps):
-        for d in daemons:
-            out[d.name].append(fn(d))
-        print(f"  {label} {rep + 1}/{reps}  " + "  ".join(f"{k} {v[-1]:.3f}" for k, v in out.items()),
-              file=sys.stderr)
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--with-docker", action="store_true", help="also measure a real dockerd")
@@ -272,7 +238,9 @@ def main() -> int:
             daemons = [h.berthd()]
             if docker_net is not None:
                 docker_net.__enter__()
-                daemons.append(start_dockerd(h, docker_net))
+                # a bridge of its own, iptables and the userland proxy: dockerd's defaults, on a throwaway bridge
+                network = (f"--bridge={docker_net.bridge}", "--iptables=true", "--ip6tables=false")
+                daemons.append(h.dockerd(network=network))
             for d in daemons:
                 docker_ok(d, "load", "-i", str(archive))
             created: dict[str, list[str]] = {d.name: [] for d in daemons}
@@ -311,14 +279,9 @@ def main() -> int:
     for n in names:
         extra = median(results["run_publish_s"][n]) - median(results["run_plain_s"][n])
         print(f"cost of -p on {n}: {extra * 1000:+.0f} ms per run")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except HarnessError as e:
-        print(f"bench_ports: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, "bench_ports")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -31,7 +30,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import TMP, Daemon, Harness, HarnessError, _descendants, _processes, docker_bindirs, orphans
+from harness import (
+    TMP,
+    Daemon,
+    Harness,
+    HarnessError,
+    _descendants,
+    _processes,
+    docker_bindirs,
+    median,
+    orphans,
+    print_medians,
+    run_main,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "busybox:latest"
@@ -179,10 +191,6 @@ def memory(daemon: Daemon, exclude: set[int]) -> dict[str, Any]:
 # --- main ------------------------------------------------------------------------------------------------------
 
 
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--with-docker", action="store_true", help="also measure a real dockerd (and the runc floor)")
@@ -202,11 +210,7 @@ def main() -> int:
     results: dict[str, Any] = {"run_s": {}, "ps_s": {}, "memory": {}, "ready_s": {}, "versions": {}}
 
     with Harness(keep=args.keep, tmp=args.tmp) as h:
-        daemons: list[Daemon] = []
-        if not args.no_berth:
-            daemons.append(h.berthd())
-        if args.with_docker:
-            daemons.append(h.dockerd())
+        daemons = h.start(berth=not args.no_berth, docker=args.with_docker)
         floor = RuncFloor(h.base, archive) if args.with_docker and not args.no_runc else None
         # processes that are not any daemon's: this script's own children (none expected), by PID
         for d in daemons:
@@ -258,12 +262,7 @@ def main() -> int:
                 remove_all(d)
 
     print(f"\ndocker run --rm --network none busybox true: {args.reps} runs each after {args.warmup} warm-up")
-    print(f"{'engine':8s} {'version':12s} {'median':>8s} {'min':>8s} {'max':>8s}")
-    med = {}
-    for name, times in results["run_s"].items():
-        med[name] = median(times)
-        version = results["versions"].get(name, "(floor)")
-        print(f"{name:8s} {version:12s} {med[name]:7.3f}s {min(times):7.3f}s {max(times):7.3f}s")
+    med = print_medians(results["run_s"], {"runc": "(floor)", **results["versions"]}, "engine", (8, 12))
     if "berthd" in med and "dockerd" in med:
         print(f"ratio dockerd/berthd = {med['dockerd'] / med['berthd']:.2f}")
     if "berthd" in med and "runc" in med:
@@ -278,14 +277,9 @@ def main() -> int:
               f"{results['ready_s'][name]:6.2f}s")
         parts = sorted(m["busy"]["uss_kib_by_name"].items(), key=lambda kv: -kv[1])
         print("         " + ", ".join(f"{k} {v / 1024:.1f}" for k, v in parts) + " (MiB USS by process name)")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except HarnessError as e:
-        print(f"bench_run: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, "bench_run")

@@ -26,19 +26,23 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("BERTH_BENCH_CACHE", "/var/tmp/berth-bench-cache"))
 DOCKER_PACKAGES = ("docker.io", "containerd", "runc", "tini")
 DOCKER_CLI = os.environ.get("BERTH_BENCH_DOCKER_CLI", "/usr/local/bin/docker")
 TMP = Path(os.environ.get("BERTH_BENCH_TMP", "/tmp"))
+# dockerd's default network flags here: no bridge, no iptables rules, nothing changed on the host
+NO_NETWORK = ("--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false")
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -244,8 +248,13 @@ class Harness:
                "--network-prefix", self.network_prefix]
         return self._start("berthd", root, sock, cmd, {}, timeout)
 
-    def dockerd(self, timeout: float = 60) -> Daemon:
-        """Start a real dockerd (host's or Debian's unpacked) that creates no bridge and no iptables rules."""
+    def start(self, berth: bool = True, docker: bool = False) -> list[Daemon]:
+        """berthd and/or dockerd, in the order the benchmarks alternate between them."""
+        return [*([self.berthd()] if berth else []), *([self.dockerd()] if docker else [])]
+
+    def dockerd(self, timeout: float = 60, network: Sequence[str] = NO_NETWORK) -> Daemon:
+        """Start a real dockerd (host's or Debian's unpacked); by default it creates no bridge and no iptables
+        rules, ``network`` replaces those flags (bench_ports gives it a bridge of its own)."""
         bindirs = docker_bindirs()
         root = self.base / "docker"
         root.mkdir()
@@ -264,7 +273,7 @@ class Harness:
             f"--exec-root={exec_root}",
             f"--pidfile={root / 'docker.pid'}",
             f"--config-file={config}",
-            "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
+            *network,
         ]
         env = {"PATH": os.pathsep.join([*map(str, bindirs), os.environ.get("PATH", "/usr/bin:/bin")])}
         return self._start("dockerd", root, sock, cmd, env, timeout)
@@ -377,6 +386,49 @@ def _dockerd_knows(bindirs: list[Path], needle: bytes) -> bool:
         return needle in f.read()
 
 
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def alternate(daemons: list[Daemon], reps: int, fn: Callable[[Daemon], float], label: str) -> dict[str, list[float]]:
+    """``fn`` on each daemon in turn, ``reps`` rounds, so drift (page cache, CPU frequency) hits all alike."""
+    out: dict[str, list[float]] = {d.name: [] for d in daemons}
+    for rep in range(reps):
+        for d in daemons:
+            out[d.name].append(fn(d))
+        print(f"  {label} {rep + 1}/{reps}  " + "  ".join(f"{k} {v[-1]:.3f}" for k, v in out.items()),
+              file=sys.stderr)
+    return out
+
+
+def print_medians(runs: Mapping[str, list[float]], versions: Mapping[str, str], first: str,
+                  widths: tuple[int, int]) -> dict[str, float]:
+    """A table of seconds per daemon (name, version, median, min, max); returns the medians."""
+    name_w, version_w = widths
+    print(f"{first:{name_w}s} {'version':{version_w}s} {'median':>8s} {'min':>8s} {'max':>8s}")
+    medians: dict[str, float] = {}
+    for name, times in runs.items():
+        medians[name] = median(times)
+        print(f"{name:{name_w}s} {versions[name]:{version_w}s} {medians[name]:7.3f}s {min(times):7.3f}s "
+              f"{max(times):7.3f}s")
+    return medians
+
+
+def write_json(path: Path | None, results: Any) -> None:
+    """The ``--json`` file, when one was asked for."""
+    if path:
+        path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def run_main(main: Callable[[], int], name: str) -> NoReturn:
+    """A benchmark's entry point: its exit status, or 1 with a one-line message when the harness failed."""
+    try:
+        sys.exit(main())
+    except HarnessError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--with-docker", action="store_true", help="also start a real dockerd")
@@ -385,12 +437,7 @@ def main() -> None:
     ap.add_argument("--tmp", type=Path, default=TMP, help="where bench-XXXX goes (default $BERTH_BENCH_TMP or /tmp)")
     args = ap.parse_args()
     with Harness(keep=args.keep, tmp=args.tmp) as h:
-        started = []
-        if not args.no_berth:
-            started.append(h.berthd())
-        if args.with_docker:
-            started.append(h.dockerd())
-        for d in started:
+        for d in h.start(berth=not args.no_berth, docker=args.with_docker):
             print(f"{d.name}: export DOCKER_HOST={d.docker_host}   (log {d.log})")
         print("Ctrl-C stops the daemons and removes", h.base)
         with contextlib.suppress(KeyboardInterrupt):

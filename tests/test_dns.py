@@ -37,7 +37,7 @@ from berth.network.dns import (
 )
 from berth.network.etcfiles import parse_resolv_conf
 from berth.testing import rootfs
-from berth.testing.daemon import BerthDaemon, request
+from berth.testing.daemon import BerthDaemon, request, running
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="binds port 53")
 
@@ -258,13 +258,8 @@ def upstream() -> Iterator[FakeUpstream]:
 @pytest.fixture(scope="module")
 def netd(upstream: FakeUpstream) -> Iterator[BerthDaemon]:
     """A daemon whose containers' upstream name server is the fake one."""
-    d = BerthDaemon(extra_args=("--dns", upstream.address))
-    try:
-        d.start()
-        d.docker("load", "-i", str(rootfs.FIXTURES / "busybox-docker-save.tar"))
+    with running(BerthDaemon(extra_args=("--dns", upstream.address)), rootfs.FIXTURES / "busybox-docker-save.tar") as d:
         yield d
-    finally:
-        d.stop()
 
 
 def _ip(d: BerthDaemon, name: str, network: str) -> str:

@@ -22,19 +22,9 @@ from berth.kernel import mount as kmount
 from berth.runtime import oci_cli
 from berth.runtime.state import process_start_time
 from berth.testing.rootfs import FIXTURES
+from berth.testing.waiting import until
 
 BUSYBOX = FIXTURES / "busybox-docker-save.tar"
-
-
-def _until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout} s (last: {value!r})")
-        time.sleep(0.05)
 
 
 def _replace(path: Path, text: str) -> None:
@@ -199,11 +189,11 @@ def test_replaced_file_is_followed(daemon: Any, www: Path) -> None:
         # mv over the name (the acceptance in moby#15793): Docker keeps serving v1
         (www / "new").write_text("v2\n")
         os.rename(www / "new", conf)
-        _until(lambda: _cat(daemon, name) == "v2\n", what="v2 after mv")
-        _until(lambda: _served(daemon, name) == "v2\n", what="httpd serving v2")
+        until(lambda: _cat(daemon, name) == "v2\n", what="v2 after mv")
+        until(lambda: _served(daemon, name) == "v2\n", what="httpd serving v2")
         # an editor's save: temp file, then rename
         _replace(conf, "v3\n")
-        _until(lambda: _cat(daemon, name) == "v3\n", what="v3 after an editor-style save")
+        until(lambda: _cat(daemon, name) == "v3\n", what="v3 after an editor-style save")
         # in place: the same inode, visible at once
         conf.write_text("v4\n")
         assert _cat(daemon, name) == "v4\n"
@@ -218,18 +208,18 @@ def test_replaced_file_is_followed(daemon: Any, www: Path) -> None:
         assert _cat(daemon, name) == "v4\n"
         (www / "back").write_text("v5\n")
         os.rename(www / "back", conf)
-        _until(lambda: _cat(daemon, name) == "v5\n", what="v5 after the file came back")
+        until(lambda: _cat(daemon, name) == "v5\n", what="v5 after the file came back")
         assert _fds_under(daemon.pid, www) == []  # no open_tree fd left behind
         assert _inotify_watches(daemon.pid) >= 1
         daemon.docker("stop", "-t", "0", name)
-        _until(lambda: _inotify_watches(daemon.pid) == 0, what="the watch dropped at stop")
+        until(lambda: _inotify_watches(daemon.pid) == 0, what="the watch dropped at stop")
         # a restarted container is followed again
         daemon.docker("start", name)
         _replace(conf, "v6\n")
-        _until(lambda: _cat(daemon, name) == "v6\n", what="v6 after docker start")
+        until(lambda: _cat(daemon, name) == "v6\n", what="v6 after docker start")
     finally:
         daemon.docker("rm", "-f", name, check=False)
-    _until(lambda: _inotify_watches(daemon.pid) == 0, what="no watch once the container is gone")
+    until(lambda: _inotify_watches(daemon.pid) == 0, what="no watch once the container is gone")
 
 
 @pytest.mark.root
@@ -241,7 +231,7 @@ def test_runc_container_follows_too(daemon: Any, www: Path) -> None:
     try:
         assert _cat(daemon, name) == "v1\n"
         _replace(www / "conf.txt", "v2\n")
-        _until(lambda: _cat(daemon, name) == "v2\n", what="v2 in a runc container")
+        until(lambda: _cat(daemon, name) == "v2\n", what="v2 in a runc container")
     finally:
         daemon.docker("rm", "-f", name, check=False)
 
@@ -257,8 +247,8 @@ def test_followed_across_a_daemon_crash(berthd: Any, www: Path) -> None:
         berthd.kill()
         _replace(conf, "v2\n")  # while no daemon watches: applied when the next one starts
         berthd.start()
-        _until(lambda: _cat(berthd, name) == "v2\n", what="the replacement made while berthd was down")
+        until(lambda: _cat(berthd, name) == "v2\n", what="the replacement made while berthd was down")
         _replace(conf, "v3\n")
-        _until(lambda: _cat(berthd, name) == "v3\n", what="v3 after the restart")
+        until(lambda: _cat(berthd, name) == "v3\n", what="v3 after the restart")
     finally:
         berthd.docker("rm", "-f", name, check=False)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from berth.engine.health import Healthcheck
 from berth.testing.rootfs import FIXTURES
+from berth.testing.waiting import until
 from berth.units import go_duration, parse_go_duration
 
 BUSYBOX = FIXTURES / "busybox-docker-save.tar"
@@ -27,17 +27,6 @@ def daemon(shared_berthd: Any) -> Any:
 
 def _inspect(daemon: Any, name: str) -> dict[str, Any]:
     return json.loads(daemon.docker("inspect", name).stdout)[0]  # type: ignore[no-any-return]
-
-
-def _until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def _health(daemon: Any, name: str) -> dict[str, Any]:
@@ -82,13 +71,13 @@ def test_starting_unhealthy_then_healthy(daemon: Any) -> None:
                       "busybox", "sleep", "300")
         assert _health(daemon, "hc1")["Status"] == "starting"
         assert "(health: starting)" in daemon.docker("ps", "--filter", "name=hc1", "--format", "{{.Status}}").stdout
-        _until(lambda: _health(daemon, "hc1")["Status"] == "unhealthy")
+        until(lambda: _health(daemon, "hc1")["Status"] == "unhealthy")
         h = _health(daemon, "hc1")
         assert h["FailingStreak"] >= 2 and h["Log"][-1]["ExitCode"] == 1
         assert "(unhealthy)" in daemon.docker("ps", "--filter", "name=hc1", "--format", "{{.Status}}").stdout
         assert daemon.docker("ps", "-q", "--filter", "health=unhealthy", "--filter", "name=hc1").stdout.strip()
         daemon.docker("exec", "hc1", "touch", "/tmp/ok")
-        _until(lambda: _health(daemon, "hc1")["Status"] == "healthy")
+        until(lambda: _health(daemon, "hc1")["Status"] == "healthy")
         h = _health(daemon, "hc1")
         assert h["FailingStreak"] == 0 and h["Log"][-1]["ExitCode"] == 0
         assert len(h["Log"]) <= 5 and h["Log"][-1]["Start"] <= h["Log"][-1]["End"]
@@ -113,7 +102,7 @@ def test_output_is_logged(daemon: Any) -> None:
     daemon.docker("run", "-d", "--name", "hc2", "--health-cmd", "echo out; echo err >&2; exit 0",
                   "--health-interval", "100ms", "busybox", "sleep", "300")
     try:
-        _until(lambda: _health(daemon, "hc2").get("Status") == "healthy")
+        until(lambda: _health(daemon, "hc2").get("Status") == "healthy")
         assert _health(daemon, "hc2")["Log"][-1]["Output"] == "out\nerr\n"
     finally:
         daemon.docker("rm", "-f", "hc2")
@@ -144,7 +133,7 @@ def test_probe_timeout(daemon: Any) -> None:
     daemon.docker("run", "-d", "--name", "hc4", "--health-cmd", "sleep 31 & sleep 32", "--health-timeout", "200ms",
                   "--health-interval", "300ms", "--health-retries", "1", "busybox", "sleep", "300")
     try:
-        _until(lambda: _health(daemon, "hc4").get("Status") == "unhealthy")
+        until(lambda: _health(daemon, "hc4").get("Status") == "unhealthy")
         entry = _health(daemon, "hc4")["Log"][-1]
         assert entry["ExitCode"] == -1
         assert entry["Output"] == "Health check exceeded timeout (200ms)"
@@ -182,8 +171,8 @@ def test_on_failure_restart(daemon: Any) -> None:
                   "busybox", "sleep", "300")
     try:
         first = _inspect(daemon, "hc5")["State"]["StartedAt"]
-        info = _until(lambda: (i := _inspect(daemon, "hc5"))["RestartCount"] >= 1 and i, timeout=20)
-        _until(lambda: _inspect(daemon, "hc5")["State"]["Running"], timeout=10)
+        info = until(lambda: (i := _inspect(daemon, "hc5"))["RestartCount"] >= 1 and i, timeout=20)
+        until(lambda: _inspect(daemon, "hc5")["State"]["Running"], timeout=10)
         assert _inspect(daemon, "hc5")["State"]["StartedAt"] != first
         assert info["RestartCount"] >= 1
     finally:
@@ -201,7 +190,7 @@ def test_on_failure_kill_via_host_config(daemon: Any) -> None:
     assert res.status_code == 201, res.text
     try:
         daemon.docker("start", "hc6")
-        _until(lambda: _inspect(daemon, "hc6")["State"]["Status"] == "exited")
+        until(lambda: _inspect(daemon, "hc6")["State"]["Status"] == "exited")
         state = _inspect(daemon, "hc6")["State"]
         assert state["ExitCode"] == 137 and state["Health"]["Status"] == "unhealthy"
     finally:
@@ -213,10 +202,10 @@ def test_on_failure_kill_via_host_config(daemon: Any) -> None:
 def test_checker_resumes_after_daemon_restart(berthd: Any) -> None:
     berthd.docker("load", "-i", str(BUSYBOX))
     berthd.docker("run", "-d", "--name", "hc7", "--health-cmd", "test -f /tmp/ok", *FAST, "busybox", "sleep", "300")
-    _until(lambda: _health(berthd, "hc7").get("Status") == "unhealthy")
+    until(lambda: _health(berthd, "hc7").get("Status") == "unhealthy")
     berthd.kill()
     berthd.restart()
     assert _health(berthd, "hc7")["Status"] == "unhealthy"  # the last known status survives
     berthd.docker("exec", "hc7", "touch", "/tmp/ok")
-    _until(lambda: _health(berthd, "hc7")["Status"] == "healthy")
+    until(lambda: _health(berthd, "hc7")["Status"] == "healthy")
     berthd.docker("rm", "-f", "hc7")

@@ -19,7 +19,7 @@ import pytest
 
 from berth.kernel.mount import is_mountpoint
 from berth.testing import rootfs
-from berth.testing.daemon import BerthDaemon
+from berth.testing.daemon import BerthDaemon, running
 
 pytestmark = [pytest.mark.root, pytest.mark.docker_cli]
 
@@ -32,18 +32,13 @@ def daemon() -> Iterator[BerthDaemon]:
     ``/www -> /etc`` and ``/up -> ../../..`` symlinks (made with ``docker commit``)."""
     if os.geteuid() != 0:
         pytest.skip("needs root: containers and mounts")
-    d = BerthDaemon()
-    try:
-        d.start()
-        d.docker("load", "-i", str(rootfs.FIXTURES / "busybox-docker-save.tar"))
+    with running(BerthDaemon(), rootfs.FIXTURES / "busybox-docker-save.tar") as d:
         d.docker("run", "--name", "mkimg", "busybox", "sh", "-c",
                  "mkdir -p /data/sub && echo hello > /data/f && echo deep > /data/sub/g && chown -R 1000:1000 /data "
                  "&& chmod 750 /data && ln -s /etc /www && ln -s ../../.. /up")
         d.docker("commit", "--change", "VOLUME /data", "mkimg", IMAGE)
         d.docker("rm", "mkimg")
         yield d
-    finally:
-        d.stop()
 
 
 def mounts_of(d: BerthDaemon, name: str) -> list[dict[str, Any]]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 
 from berth.network import firewall, ipam
 from berth.testing.rootfs import FIXTURES
+from berth.testing.waiting import until
 
 BUSYBOX = FIXTURES / "busybox-docker-save.tar"
 
@@ -84,17 +83,6 @@ def _inspect(daemon: Any, *names: str) -> Any:
     return out if len(names) > 1 else out[0]
 
 
-def _until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
 def _links(prefix: str) -> list[str]:
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
     names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
@@ -157,7 +145,7 @@ def test_default_bridge_container(daemon: Any) -> None:
         assert ep["NetworkID"] == bridge["Id"] and len(ep["EndpointID"]) == 64 and ep["IPAddress"] == ip
         assert ns["SandboxKey"] and Path(ns["SandboxKey"]).exists()
         # the host reaches the container; another container reaches it by IP
-        assert _until(lambda: _try(lambda: _http_get(f"http://{ip}:8080/"))).strip() == "from-web"
+        assert until(lambda: _http_get(f"http://{ip}:8080/"), ignore=(OSError,)).strip() == "from-web"
         got = daemon.docker("run", "--rm", "busybox", "wget", "-qO-", f"http://{ip}:8080/").stdout
         assert got.strip() == "from-web"
         net = json.loads(daemon.docker("network", "inspect", "bridge").stdout)[0]
@@ -165,20 +153,13 @@ def test_default_bridge_container(daemon: Any) -> None:
         listed = json.loads(daemon.docker("ps", "--no-trunc", "--filter", "name=nb-web", "--format",
                                           "{{json .Networks}}").stdout)
         assert listed == "bridge"
-        _until(lambda: len([n for n in _links(daemon.network_prefix) if n != f"{daemon.network_prefix}0"]) == 1)
+        until(lambda: len([n for n in _links(daemon.network_prefix) if n != f"{daemon.network_prefix}0"]) == 1)
     finally:
         daemon.docker("rm", "-f", "nb-web", check=False)
     # nothing left: no veth, no namespace file, the endpoint gone from the network
-    _until(lambda: _links(daemon.network_prefix) == [f"{daemon.network_prefix}0"])
+    until(lambda: _links(daemon.network_prefix) == [f"{daemon.network_prefix}0"])
     assert not list((daemon.exec_root / "netns").iterdir())
     assert json.loads(daemon.docker("network", "inspect", "bridge").stdout)[0]["Containers"] == {}
-
-
-def _try(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except OSError:
-        return None
 
 
 @pytest.mark.root
@@ -192,7 +173,7 @@ def test_stop_releases_and_restart_gets_a_new_endpoint(daemon: Any) -> None:
         stopped = _inspect(daemon, "nb-stop")["NetworkSettings"]
         assert stopped["IPAddress"] == "" and stopped["SandboxKey"] == ""
         assert stopped["Networks"]["bridge"]["NetworkID"] == first["Networks"]["bridge"]["NetworkID"]
-        _until(lambda: _links(daemon.network_prefix) == [f"{daemon.network_prefix}0"])
+        until(lambda: _links(daemon.network_prefix) == [f"{daemon.network_prefix}0"])
         daemon.docker("start", "nb-stop")
         again = _inspect(daemon, "nb-stop")["NetworkSettings"]
         assert again["IPAddress"] and again["EndpointID"] != first["EndpointID"]
@@ -300,7 +281,7 @@ def test_user_networks(daemon: Any) -> None:
     finally:
         daemon.docker("rm", "-f", "nb-a", "nb-b", check=False)
         daemon.docker("network", "rm", "nb-one", "nb-two", check=False)
-    _until(lambda: _links(prefix) == [f"{prefix}0"])
+    until(lambda: _links(prefix) == [f"{prefix}0"])
     assert "nb-one" not in daemon.docker("network", "ls").stdout
 
 
@@ -335,7 +316,7 @@ def test_network_survives_daemon_kill(berthd: Any) -> None:
     berthd.docker("run", "-d", "--name", "nb-keep", "--network", "nb-live", "busybox", "sh", "-c",
                   "echo alive > /i.html && exec httpd -f -p 8080 -h /")
     ip = _inspect(berthd, "nb-keep")["NetworkSettings"]["Networks"]["nb-live"]["IPAddress"]
-    assert _until(lambda: _try(lambda: _http_get(f"http://{ip}:8080/i.html"))).strip() == "alive"
+    assert until(lambda: _http_get(f"http://{ip}:8080/i.html"), ignore=(OSError,)).strip() == "alive"
     berthd.kill()
     assert _http_get(f"http://{ip}:8080/i.html").strip() == "alive"
     berthd.start()
@@ -346,7 +327,7 @@ def test_network_survives_daemon_kill(berthd: Any) -> None:
     berthd.docker("run", "--rm", "--network", "nb-live", "busybox", "wget", "-qO-", f"http://{ip}:8080/i.html")
     berthd.docker("rm", "-f", "nb-keep")
     berthd.docker("network", "rm", "nb-live")
-    _until(lambda: _links(berthd.network_prefix) == [f"{berthd.network_prefix}0"])
+    until(lambda: _links(berthd.network_prefix) == [f"{berthd.network_prefix}0"])
 
 
 @pytest.mark.root

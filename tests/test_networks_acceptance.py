@@ -8,41 +8,19 @@ Traffic goes only to 127.0.0.1 and to the containers' own addresses."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from berth.testing.daemon import BerthDaemon
 from berth.testing.rootfs import FIXTURES
+from berth.testing.waiting import free_port, until
 
 BUSYBOX = FIXTURES / "busybox-docker-save.tar"
 
 pytestmark = [pytest.mark.root, pytest.mark.docker_cli]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except OSError:
-            value = None
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def _get(url: str) -> str:
@@ -71,19 +49,19 @@ def test_issue4_acceptance(berthd: BerthDaemon, tmp_path: Path) -> None:
     (www / "index.html").write_text("hello from the host\n")
     conf = www / "conf.txt"
     conf.write_text("v1\n")
-    port = _free_port()
+    port = free_port()
 
     # a host folder served through a port published on 127.0.0.1, a single file bound on top of it
     d.docker("run", "-d", "--name", "web", "-p", f"127.0.0.1:{port}:8080", "-v", f"{www}:/www:ro",
              "-v", f"{conf}:/www/conf.txt:ro", "busybox", "httpd", "-f", "-p", "8080", "-h", "/www")
     assert d.docker("port", "web").stdout.strip() == f"8080/tcp -> 127.0.0.1:{port}"
     assert d.docker("port", "web", "8080").stdout.strip() == f"127.0.0.1:{port}"
-    assert _until(lambda: _get(f"http://127.0.0.1:{port}/")) == "hello from the host\n"
+    assert until(lambda: _get(f"http://127.0.0.1:{port}/"), ignore=(OSError,)) == "hello from the host\n"
     assert _get(f"http://127.0.0.1:{port}/conf.txt") == "v1\n"
     new = www / "new"
     new.write_text("v2\n")
     new.rename(conf)  # `echo v2 > new && mv new conf.txt`: a new inode under the old name
-    assert _until(lambda: _get(f"http://127.0.0.1:{port}/conf.txt") == "v2\n")
+    assert until(lambda: _get(f"http://127.0.0.1:{port}/conf.txt") == "v2\n", ignore=(OSError,))
 
     # names and aliases on a user network; no reach across networks; an internal network has no way out
     d.docker("network", "create", "front")
@@ -133,7 +111,7 @@ def test_issue4_acceptance(berthd: BerthDaemon, tmp_path: Path) -> None:
                                     detach=True, name="random")
         ctr.reload()
         host_port = int(ctr.ports["8080/tcp"][0]["HostPort"])
-        assert _until(lambda: "root:" in _get(f"http://127.0.0.1:{host_port}/passwd"))
+        assert until(lambda: "root:" in _get(f"http://127.0.0.1:{host_port}/passwd"), ignore=(OSError,))
     finally:
         client.close()
 
@@ -141,7 +119,7 @@ def test_issue4_acceptance(berthd: BerthDaemon, tmp_path: Path) -> None:
     d.docker("rm", "-f", "web", "api", "client", "other", "inside", "random")
     d.docker("network", "rm", "front", "back", "sealed")
     d.docker("volume", "rm", "keep")
-    _until(lambda: not _leftovers(d)["links"])
+    until(lambda: not _leftovers(d)["links"])
     d.terminate()
     left = _leftovers(d)
     assert left == {"links": [], "tables": left["tables"], "mounts": []}, left

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -19,7 +18,8 @@ import pytest
 from berth.engine.portcheck import PublishedPort, diagnose, missing_warning, published_ports
 from berth.network.listeners import Listener, listeners, parse_table
 from berth.testing import rootfs
-from berth.testing.daemon import BerthDaemon
+from berth.testing.daemon import BerthDaemon, running
+from berth.testing.waiting import until
 
 TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 10 0
@@ -108,13 +108,8 @@ def test_diagnose_rules() -> None:
 def daemon() -> Iterator[BerthDaemon]:
     if os.geteuid() != 0:
         pytest.skip("runs containers: needs root")
-    d = BerthDaemon()
-    try:
-        d.start()
-        d.docker("load", "-i", str(rootfs.FIXTURES / "busybox-docker-save.tar"))
+    with running(BerthDaemon(), rootfs.FIXTURES / "busybox-docker-save.tar") as d:
         yield d
-    finally:
-        d.stop()
 
 
 def _inspect(d: BerthDaemon, name: str) -> dict[str, object]:
@@ -122,15 +117,10 @@ def _inspect(d: BerthDaemon, name: str) -> dict[str, object]:
     return doc
 
 
-def _wait_warnings(d: BerthDaemon, name: str, timeout: float = 10) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = _inspect(d, name).get("Warnings")
-        if found:
-            assert isinstance(found, list)
-            return [str(w) for w in found]
-        time.sleep(0.2)
-    raise AssertionError(f"no warnings on {name}")
+def _wait_warnings(d: BerthDaemon, name: str) -> list[str]:
+    found = until(lambda: _inspect(d, name).get("Warnings"), what=f"warnings on {name}", interval=0.2)
+    assert isinstance(found, list)
+    return [str(w) for w in found]
 
 
 @pytest.mark.root

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import pytest
 
 from berth.kernel.netlink import run_in_netns
 from berth.testing.rootfs import FIXTURES
+from berth.testing.waiting import free_port, until
 
 BUSYBOX = FIXTURES / "busybox-docker-save.tar"
 HTTPD = ["sh", "-c", "mkdir -p /www && echo served > /www/index.html && exec httpd -f -p 8080 -h /www"]
@@ -30,26 +29,6 @@ pytestmark = [pytest.mark.root, pytest.mark.docker_cli]
 def daemon(shared_berthd: Any) -> Any:
     shared_berthd.docker("load", "-i", str(BUSYBOX))
     return shared_berthd
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
-
-
-def _until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except OSError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def _get(port: int, host: str = "127.0.0.1") -> str:
@@ -74,10 +53,10 @@ def _links(prefix: str) -> list[str]:
 
 
 def test_publish_fixed_port(daemon: Any) -> None:
-    port = _free_port()
+    port = free_port("0.0.0.0")
     try:
         daemon.docker("run", "-d", "--name", "np-web", "-p", f"{port}:8080", "busybox", *HTTPD)
-        assert _until(lambda: _get(port)) == "served"
+        assert until(lambda: _get(port), ignore=(OSError,)) == "served"
         doc = _inspect(daemon, "np-web")
         assert doc["NetworkSettings"]["Ports"] == {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
         assert doc["HostConfig"]["PortBindings"] == {"8080/tcp": [{"HostIp": "", "HostPort": str(port)}]}
@@ -97,7 +76,7 @@ def test_publish_fixed_port(daemon: Any) -> None:
         assert f"Bind for 0.0.0.0:{port} failed: port is already allocated" in res.stderr
         clash = _inspect(daemon, "np-clash")
         assert clash["State"]["Status"] == "created" and "port is already allocated" in clash["State"]["Error"]
-        _until(lambda: set(_links(daemon.network_prefix)) <= set(before))
+        until(lambda: set(_links(daemon.network_prefix)) <= set(before))
         assert not (daemon.exec_root / "netns" / cid).exists()
         assert _get(port) == "served"
         # --rm with a taken port removes the container, like dockerd
@@ -108,7 +87,7 @@ def test_publish_fixed_port(daemon: Any) -> None:
         assert f"dport {port} " not in _table(daemon)
         daemon.docker("rm", "np-clash")
         daemon.docker("run", "-d", "--name", "np-clash", "-p", f"{port}:8080", "busybox", *HTTPD)
-        assert _until(lambda: _get(port)) == "served"
+        assert until(lambda: _get(port), ignore=(OSError,)) == "served"
     finally:
         daemon.docker("rm", "-f", "np-web", "np-clash", check=False)
     assert f"dport {port} " not in _table(daemon)
@@ -133,7 +112,7 @@ def test_publish_all_and_random_ports(daemon: Any) -> None:
         host_port = int(ports["8080/tcp"][0]["HostPort"])
         assert 32768 <= host_port <= 60999 and ports["8080/tcp"][0]["HostIp"] == "0.0.0.0"
         assert 32768 <= int(ports["9999/udp"][0]["HostPort"]) <= 60999
-        assert _until(lambda: _get(host_port)) == "served"
+        assert until(lambda: _get(host_port), ignore=(OSError,)) == "served"
         shown = daemon.docker("port", "np-rand", "8080/tcp").stdout.strip()
         assert shown == f"0.0.0.0:{host_port}"
         listed = json.loads(daemon.docker("ps", "--filter", "name=np-rand", "--format", "{{json .}}").stdout)
@@ -147,10 +126,10 @@ def test_publish_all_and_random_ports(daemon: Any) -> None:
 
 
 def test_publish_on_one_address(daemon: Any) -> None:
-    port = _free_port()
+    port = free_port("0.0.0.0")
     try:
         daemon.docker("run", "-d", "--name", "np-lo", "-p", f"127.0.0.1:{port}:8080", "busybox", *HTTPD)
-        assert _until(lambda: _get(port)) == "served"
+        assert until(lambda: _get(port), ignore=(OSError,)) == "served"
         with pytest.raises(OSError):
             _get(port, "127.0.0.2")
         ports = _inspect(daemon, "np-lo")["NetworkSettings"]["Ports"]
@@ -163,7 +142,7 @@ def test_publish_on_one_address(daemon: Any) -> None:
 
 
 def test_publish_udp(daemon: Any) -> None:
-    port = _free_port()
+    port = free_port("0.0.0.0")
     try:
         daemon.docker("run", "-d", "--name", "np-udp", "-p", f"{port}:5353/udp", "busybox", "sleep", "300")
         sandbox = Path(_inspect(daemon, "np-udp")["NetworkSettings"]["SandboxKey"])
@@ -193,17 +172,17 @@ def test_bad_port_specs(daemon: Any) -> None:
 
 def test_ports_survive_daemon_kill(berthd: Any) -> None:
     berthd.docker("load", "-i", str(BUSYBOX))
-    port, echo_port = _free_port(), _free_port()
+    port, echo_port = free_port("0.0.0.0"), free_port("0.0.0.0")
     berthd.docker("run", "-d", "--name", "np-live", "-p", f"{port}:8080", "-p", f"{echo_port}:7000", "busybox",
                   "sh", "-c", "mkdir /www && echo alive > /www/index.html && httpd -p 8080 -h /www && "
                   "exec nc -ll -p 7000 -e cat")
-    assert _until(lambda: _get(port)) == "alive"
-    conn = _until(lambda: socket.create_connection(("127.0.0.1", echo_port), timeout=5))
+    assert until(lambda: _get(port), ignore=(OSError,)) == "alive"
+    conn = until(lambda: socket.create_connection(("127.0.0.1", echo_port), timeout=5), ignore=(OSError,))
     try:
         def echo(data: bytes) -> bytes:
             conn.sendall(data)
             return bytes(conn.recv(100))
-        assert _until(lambda: echo(b"a\n")) == b"a\n"
+        assert until(lambda: echo(b"a\n"), ignore=(OSError,)) == b"a\n"
         berthd.kill()
         assert _get(port) == "alive"
         assert echo(b"b\n") == b"b\n"
@@ -233,6 +212,6 @@ def test_docker_py_random_port(daemon: Any) -> None:
                     return int(r.status)
             except urllib.error.HTTPError as e:  # busybox httpd with no index: 404 still proves the path
                 return int(e.code)
-        assert _until(fetch) in (200, 404)
+        assert until(fetch, ignore=(OSError,)) in (200, 404)
     finally:
         c.remove(force=True)

@@ -19,7 +19,7 @@ from berth.engine.spec import MountPoint, bind_mount_point, mount_point_from_api
 from berth.errors import InvalidArgument, NotImplementedYet
 from berth.metadata.volumes import VolumeDB, VolumeRecord
 from berth.testing import rootfs
-from berth.testing.daemon import BerthDaemon
+from berth.testing.daemon import BerthDaemon, running
 from berth.volumes.store import LocalDriver, validate_name, validate_options
 
 # --- the local driver ---------------------------------------------------------------------------------------------
@@ -170,11 +170,8 @@ def test_plan_orders_sources_and_refuses_duplicates() -> None:
 def daemon() -> Iterator[BerthDaemon]:
     if os.geteuid() != 0:
         pytest.skip("needs root: the daemon mounts")
-    d = BerthDaemon()
-    try:
-        yield d.start()
-    finally:
-        d.stop()
+    with running(BerthDaemon()) as d:
+        yield d
 
 
 def api(d: BerthDaemon, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -248,3 +248,14 @@ def filters_from(values: list[str]) -> dict[str, list[str]]:
                            "(expected name=value)", 125)
         out.setdefault(key.strip().lower(), []).append(value)
     return out
+
+
+def key_values(items: list[str], flag: str, bare_keys: bool = False) -> dict[str, str]:
+    """``["a=b", "c"]`` from ``--opt``/``--label`` → ``{"a": "b", "c": ""}``; a bare key only when ``bare_keys``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not key or (not bare_keys and not eq):
+            raise CliError(f'invalid argument "{item}" for "{flag}" flag: {item} is not a key=value pair', 125)
+        out[key] = value
+    return out

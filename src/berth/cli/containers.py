@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from berth.cli.command import Arity, CliError, Command, CommandParser, Context, Group, add_filter, add_format
+from berth.cli.containers_more import MORE_COMMANDS
 from berth.units import SECOND_NS, parse_go_duration
 
 if TYPE_CHECKING:
@@ -1160,7 +1161,7 @@ def _ps(ctx: Context, ns: argparse.Namespace) -> int:
     import time
 
     from berth.cli.command import filters_from
-    from berth.cli.images import render
+    from berth.cli.objects import render
     from berth.client.http import encode_filters
 
     try:
@@ -1340,25 +1341,19 @@ def _container_inspect(ctx: Context, ns: argparse.Namespace) -> int:
 
 
 def _configure_prune(p: CommandParser) -> None:
-    add_filter(p, short=False)
-    p.add_bool("-f", "--force", help="Do not prompt for confirmation")
+    from berth.cli.objects import add_prune_flags
+
+    add_prune_flags(p)
 
 
 def _prune(ctx: Context, ns: argparse.Namespace) -> int:
     from berth.cli.command import filters_from
-    from berth.cli.images import confirm
-    from berth.cli.render import human_size
-    from berth.client.http import encode_filters
+    from berth.cli.objects import prune, show_deleted, show_reclaimed
 
-    filters = filters_from(ns.filter)
-    if not ns.force and not confirm(ctx, PRUNE_WARNING):
-        return 0
-    report = ctx.client.post("/containers/prune", {"filters": encode_filters(filters) if filters else None}).json()
-    report = report or {}
-    deleted = report.get("ContainersDeleted") or []
-    if deleted:
-        ctx.out("Deleted Containers:\n" + "".join(f"{cid}\n" for cid in deleted) + "\n")
-    ctx.out(f"Total reclaimed space: {human_size(int(report.get('SpaceReclaimed') or 0))}\n")
+    report = prune(ctx, "containers", filters_from(ns.filter), PRUNE_WARNING, ns.force)
+    if report is not None:
+        show_deleted(ctx, "Deleted Containers:", report.get("ContainersDeleted") or [])
+        show_reclaimed(ctx, report)
     return 0
 
 
@@ -1405,8 +1400,9 @@ CONTAINER_INSPECT = _cmd("inspect", "Display detailed information on one or more
 PRUNE = _cmd("prune", "Remove all stopped containers", "[OPTIONS]", _prune, _configure_prune, Arity(0, 0))
 
 COMMANDS = (RUN, CREATE, START, STOP, RESTART, KILL, PAUSE, UNPAUSE, RM, WAIT, RENAME, PS.renamed("ps"), LOGS,
-            ATTACH, EXEC, INSPECT)
+            ATTACH, EXEC, INSPECT, *MORE_COMMANDS)
 GROUPS = (
-    Group("container", "Manage containers", (ATTACH, CREATE, EXEC, CONTAINER_INSPECT, KILL, LOGS, PS, PAUSE, PRUNE,
-                                             RENAME, RESTART, RM, RUN, START, STOP, UNPAUSE, WAIT)),
+    Group("container", "Manage containers", tuple(sorted(
+        (ATTACH, CREATE, EXEC, CONTAINER_INSPECT, KILL, LOGS, PS, PAUSE, PRUNE, RENAME, RESTART, RM, RUN, START, STOP,
+         UNPAUSE, WAIT, *MORE_COMMANDS), key=lambda c: c.name))),
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from berth.cli.command import Arity, CliError, Command, CommandParser, Context, Group, add_filter, add_format
+from berth.cli.objects import render
 
 if TYPE_CHECKING:
     import argparse
@@ -33,16 +34,6 @@ PRUNE_ALL_WARNING = "WARNING! This will remove all images without at least one c
 
 
 # ---- shared pieces ------------------------------------------------------------------------------------
-
-def render(ctx: Context, source: str, rows: Sequence[Any], headers: Mapping[str, str]) -> None:
-    """Write rows through a docker ``--format``; template errors become CLI errors."""
-    from berth.cli.template import Format, TemplateError
-
-    try:
-        ctx.out(Format(source).render(rows, headers))
-    except TemplateError as err:
-        raise CliError(str(err)) from None
-
 
 def show_stream(ctx: Context, resp: Response) -> None:
     """A progress/JSON stream rendered like jsonmessage; any other content type is copied verbatim."""
@@ -389,73 +380,38 @@ def _history(ctx: Context, ns: argparse.Namespace) -> int:
 
 
 def _configure_inspect(p: CommandParser) -> None:
-    p.add_argument("-f", "--format", default="", metavar="string",
-                   help="Format output using a custom template: 'json' or a Go template")
+    from berth.cli.objects import add_inspect_format
+
+    add_inspect_format(p)
     p.add_argument("--platform", default="", metavar="string", help="Inspect a specific platform")
 
 
 def _inspect(ctx: Context, ns: argparse.Namespace) -> int:
-    from berth.cli.render import indent_json
-    from berth.errors import NotFound
+    from berth.cli.objects import inspect_each
 
-    found: list[Any] = []
-    errors: list[str] = []
     params: dict[str, Any] = {"platform": ns.platform or None}
-    for name in ns.args:
-        try:
-            found.append(ctx.client.get(_path(name, "/json"), params).json())
-        except NotFound as err:
-            errors.append(f"Error response from daemon: {err}")
-    if ns.format in ("", "json"):
-        ctx.out(indent_json(found) + "\n")
-    else:
-        from berth.cli.template import Template, TemplateError
-
-        try:
-            template = Template(ns.format.replace("\\t", "\t").replace("\\n", "\n"))
-            for item in found:
-                ctx.out(template.execute(item) + "\n")
-        except TemplateError as err:
-            raise CliError(str(err)) from None
-    if errors:
-        raise CliError("\n".join(errors))
-    return 0
-
-
-def confirm(ctx: Context, warning: str) -> bool:
-    """docker's prompt: ``<warning>\\nAre you sure you want to continue? [y/N] ``, yes on ``y``/``yes``."""
-    ctx.out(f"{warning}\nAre you sure you want to continue? [y/N] ")
-    ctx.stdout.flush()
-    answer = ctx.stdin.readline().strip().lower()
-    return answer in ("y", "yes")
+    return inspect_each(ctx, ns.args, lambda name: ctx.client.get(_path(name, "/json"), params).json(), ns.format)
 
 
 def _configure_prune(p: CommandParser) -> None:
-    p.add_bool("-a", "--all", help="Remove all unused images, not just dangling ones")
-    add_filter(p, short=False)
-    p.add_bool("-f", "--force", help="Do not prompt for confirmation")
+    from berth.cli.objects import add_prune_flags
+
+    add_prune_flags(p, all_help="Remove all unused images, not just dangling ones")
 
 
 def _prune(ctx: Context, ns: argparse.Namespace) -> int:
     from berth.cli.command import filters_from
-    from berth.cli.render import human_size
-    from berth.client.http import encode_filters
+    from berth.cli.objects import prune, show_deleted, show_reclaimed
 
     filters = filters_from(ns.filter)
     filters.setdefault("dangling", []).append("false" if ns.all else "true")
-    if not ns.force and not confirm(ctx, PRUNE_ALL_WARNING if ns.all else PRUNE_DANGLING_WARNING):
+    report = prune(ctx, "images", filters, PRUNE_ALL_WARNING if ns.all else PRUNE_DANGLING_WARNING, ns.force)
+    if report is None:
         return 0
-    report = ctx.client.post("/images/prune", {"filters": encode_filters(filters)}).json() or {}
-    deleted = report.get("ImagesDeleted") or []
-    if deleted:
-        lines = ["Deleted Images:"]
-        for item in deleted:
-            if item.get("Untagged"):
-                lines.append(f"untagged: {item['Untagged']}")
-            else:
-                lines.append(f"deleted: {item.get('Deleted', '')}")
-        ctx.out("\n".join(lines) + "\n\n")
-    ctx.out(f"Total reclaimed space: {human_size(int(report.get('SpaceReclaimed') or 0))}\n")
+    lines = [f"untagged: {item['Untagged']}" if item.get("Untagged") else f"deleted: {item.get('Deleted', '')}"
+             for item in report.get("ImagesDeleted") or []]
+    show_deleted(ctx, "Deleted Images:", lines)
+    show_reclaimed(ctx, report)
     return 0
 
 

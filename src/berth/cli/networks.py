@@ -22,16 +22,6 @@ def _path(name: str) -> str:
     return "/networks/" + quote_name(name)
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not key or (flag != "--label" and not eq):
-            raise CliError(f'invalid argument "{item}" for "{flag}" flag: {item} is not a key=value pair', 125)
-        out[key] = value
-    return out
-
-
 def _configure_create(p: CommandParser) -> None:
     p.add_argument("-d", "--driver", default="bridge", metavar="string", help="Driver to manage the Network")
     p.add_argument("--subnet", action="append", default=[], metavar="strings",
@@ -47,6 +37,8 @@ def _configure_create(p: CommandParser) -> None:
 
 
 def _create(ctx: Context, ns: argparse.Namespace) -> int:
+    from berth.cli.command import key_values
+
     if len(ns.gateway) > len(ns.subnet) or len(ns.ip_range) > len(ns.subnet):
         raise CliError("every ip-range or gateway must have a corresponding subnet")
     config = []
@@ -59,7 +51,7 @@ def _create(ctx: Context, ns: argparse.Namespace) -> int:
         config.append(entry)
     body = {"Name": ns.args[0], "Driver": ns.driver, "Internal": ns.internal, "Attachable": ns.attachable,
             "IPAM": {"Driver": "default", "Options": {}, "Config": config},
-            "Options": _pairs(ns.opt, "--opt"), "Labels": _pairs(ns.label, "--label")}
+            "Options": key_values(ns.opt, "--opt"), "Labels": key_values(ns.label, "--label", bare_keys=True)}
     net = ctx.client.post("/networks/create", json=body).json() or {}
     ctx.out(f"{net.get('Id', '')}\n")
     return 0
@@ -84,51 +76,23 @@ def _configure_ls(p: CommandParser) -> None:
 
 
 def _ls(ctx: Context, ns: argparse.Namespace) -> int:
-    from berth.cli.command import filters_from
-    from berth.cli.images import render
-    from berth.client.http import encode_filters
+    from berth.cli.objects import list_named, ls_source, render
 
-    filters = filters_from(ns.filter)
-    params: dict[str, Any] = {"filters": encode_filters(filters) if filters else None}
-    networks = ctx.client.get("/networks", params).json() or []
-    networks.sort(key=lambda n: str(n.get("Name", "")))
-    source = ns.format
-    if source in ("", "table"):
-        source = "{{.ID}}" if ns.quiet else LS_TABLE
-    render(ctx, source, network_rows(networks, ns.no_trunc), HEADERS)
+    networks = list_named(ctx, "/networks", ns.filter)
+    render(ctx, ls_source(ns.format, ns.quiet, "{{.ID}}", LS_TABLE), network_rows(networks, ns.no_trunc), HEADERS)
     return 0
 
 
 def _configure_inspect(p: CommandParser) -> None:
-    p.add_argument("-f", "--format", default="", metavar="string",
-                   help="Format output using a custom template: 'json' or a Go template")
+    from berth.cli.objects import add_inspect_format
+
+    add_inspect_format(p)
 
 
 def _inspect(ctx: Context, ns: argparse.Namespace) -> int:
-    from berth.cli.render import indent_json
-    from berth.errors import NotFound
+    from berth.cli.objects import inspect_each
 
-    found: list[Any] = []
-    errors: list[str] = []
-    for name in ns.args:
-        try:
-            found.append(ctx.client.get(_path(name)).json())
-        except NotFound as err:
-            errors.append(f"Error response from daemon: {err}")
-    if ns.format in ("", "json"):
-        ctx.out(indent_json(found) + "\n")
-    else:
-        from berth.cli.template import Template, TemplateError
-
-        try:
-            template = Template(ns.format.replace("\\t", "\t").replace("\\n", "\n"))
-            for item in found:
-                ctx.out(template.execute(item) + "\n")
-        except TemplateError as err:
-            raise CliError(str(err)) from None
-    if errors:
-        raise CliError("\n".join(errors))
-    return 0
+    return inspect_each(ctx, ns.args, lambda name: ctx.client.get(_path(name)).json(), ns.format)
 
 
 def _configure_rm(p: CommandParser) -> None:
@@ -136,45 +100,24 @@ def _configure_rm(p: CommandParser) -> None:
 
 
 def _rm(ctx: Context, ns: argparse.Namespace) -> int:
-    from berth.client.http import DaemonUnreachable
-    from berth.errors import BerthError, NotFound
+    from berth.cli.objects import remove_each
 
-    errors: list[str] = []
-    for name in ns.args:
-        try:
-            ctx.client.delete(_path(name))
-        except DaemonUnreachable:
-            raise
-        except NotFound as err:
-            if not ns.force:
-                errors.append(f"Error response from daemon: {err}")
-            continue
-        except BerthError as err:
-            errors.append(f"Error response from daemon: {err}")
-            continue
-        ctx.out(f"{name}\n")
-    if errors:
-        raise CliError("\n".join(errors))
-    return 0
+    return remove_each(ctx, ns.args, lambda name: ctx.client.delete(_path(name)), ignore_missing=ns.force)
 
 
 def _configure_prune(p: CommandParser) -> None:
-    add_filter(p, short=False)
-    p.add_bool("-f", "--force", help="Do not prompt for confirmation")
+    from berth.cli.objects import add_prune_flags
+
+    add_prune_flags(p)
 
 
 def _prune(ctx: Context, ns: argparse.Namespace) -> int:
     from berth.cli.command import filters_from
-    from berth.cli.images import confirm
-    from berth.client.http import encode_filters
+    from berth.cli.objects import prune, show_deleted
 
-    filters = filters_from(ns.filter)
-    if not ns.force and not confirm(ctx, PRUNE_WARNING):
-        return 0
-    report = ctx.client.post("/networks/prune", {"filters": encode_filters(filters) if filters else None}).json()
-    deleted = (report or {}).get("NetworksDeleted") or []
-    if deleted:
-        ctx.out("Deleted Networks:\n" + "".join(f"{name}\n" for name in deleted))
+    report = prune(ctx, "networks", filters_from(ns.filter), PRUNE_WARNING, ns.force)
+    if report is not None:
+        show_deleted(ctx, "Deleted Networks:", report.get("NetworksDeleted") or [], blank_after=False)
     return 0
 
 

@@ -22,16 +22,6 @@ def _path(name: str) -> str:
     return "/volumes/" + quote_name(name)
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not key or (flag == "--opt" and not eq):
-            raise CliError(f'invalid argument "{item}" for "{flag}" flag: {item} is not a key=value pair', 125)
-        out[key] = value
-    return out
-
-
 def _configure_create(p: CommandParser) -> None:
     p.add_argument("-d", "--driver", default="local", metavar="string", help="Specify volume driver name")
     p.add_argument("--label", action="append", default=[], metavar="list", help="Set metadata for a volume")
@@ -41,11 +31,13 @@ def _configure_create(p: CommandParser) -> None:
 
 
 def _create(ctx: Context, ns: argparse.Namespace) -> int:
+    from berth.cli.command import key_values
+
     if ns.name and ns.args:
         raise CliError(f"conflicting options: cannot specify a volume-name through both --name and as a positional "
                        f"arg ({ns.name} and {ns.args[0]})")
     body = {"Name": ns.name or (ns.args[0] if ns.args else ""), "Driver": ns.driver,
-            "DriverOpts": _pairs(ns.opt, "--opt"), "Labels": _pairs(ns.label, "--label")}
+            "DriverOpts": key_values(ns.opt, "--opt"), "Labels": key_values(ns.label, "--label", bare_keys=True)}
     vol = ctx.client.post("/volumes/create", json=body).json() or {}
     ctx.out(f"{vol.get('Name', '')}\n")
     return 0
@@ -76,51 +68,23 @@ def _configure_ls(p: CommandParser) -> None:
 
 
 def _ls(ctx: Context, ns: argparse.Namespace) -> int:
-    from berth.cli.command import filters_from
-    from berth.cli.images import render
-    from berth.client.http import encode_filters
+    from berth.cli.objects import list_named, ls_source, render
 
-    filters = filters_from(ns.filter)
-    params: dict[str, Any] = {"filters": encode_filters(filters) if filters else None}
-    volumes = (ctx.client.get("/volumes", params).json() or {}).get("Volumes") or []
-    volumes.sort(key=lambda v: str(v.get("Name", "")))
-    source = ns.format
-    if source in ("", "table"):
-        source = "{{.Name}}" if ns.quiet else LS_TABLE
-    render(ctx, source, volume_rows(volumes), HEADERS)
+    volumes = list_named(ctx, "/volumes", ns.filter, key="Volumes")
+    render(ctx, ls_source(ns.format, ns.quiet, "{{.Name}}", LS_TABLE), volume_rows(volumes), HEADERS)
     return 0
 
 
 def _configure_inspect(p: CommandParser) -> None:
-    p.add_argument("-f", "--format", default="", metavar="string",
-                   help="Format output using a custom template: 'json' or a Go template")
+    from berth.cli.objects import add_inspect_format
+
+    add_inspect_format(p)
 
 
 def _inspect(ctx: Context, ns: argparse.Namespace) -> int:
-    from berth.cli.render import indent_json
-    from berth.errors import NotFound
+    from berth.cli.objects import inspect_each
 
-    found: list[Any] = []
-    errors: list[str] = []
-    for name in ns.args:
-        try:
-            found.append(ctx.client.get(_path(name)).json())
-        except NotFound as err:
-            errors.append(f"Error response from daemon: {err}")
-    if ns.format in ("", "json"):
-        ctx.out(indent_json(found) + "\n")
-    else:
-        from berth.cli.template import Template, TemplateError
-
-        try:
-            template = Template(ns.format.replace("\\t", "\t").replace("\\n", "\n"))
-            for item in found:
-                ctx.out(template.execute(item) + "\n")
-        except TemplateError as err:
-            raise CliError(str(err)) from None
-    if errors:
-        raise CliError("\n".join(errors))
-    return 0
+    return inspect_each(ctx, ns.args, lambda name: ctx.client.get(_path(name)).json(), ns.format)
 
 
 def _configure_rm(p: CommandParser) -> None:
@@ -128,47 +92,29 @@ def _configure_rm(p: CommandParser) -> None:
 
 
 def _rm(ctx: Context, ns: argparse.Namespace) -> int:
-    from berth.client.http import DaemonUnreachable
-    from berth.errors import BerthError
+    from berth.cli.objects import remove_each
 
-    errors: list[str] = []
-    for name in ns.args:
-        try:
-            ctx.client.delete(_path(name), {"force": True if ns.force else None})
-        except DaemonUnreachable:
-            raise
-        except BerthError as err:
-            errors.append(f"Error response from daemon: {err}")
-            continue
-        ctx.out(f"{name}\n")
-    if errors:
-        raise CliError("\n".join(errors))
-    return 0
+    params = {"force": True if ns.force else None}
+    return remove_each(ctx, ns.args, lambda name: ctx.client.delete(_path(name), params), ignore_missing=False)
 
 
 def _configure_prune(p: CommandParser) -> None:
-    p.add_bool("-a", "--all", help="Remove all unused volumes, not just anonymous ones")
-    add_filter(p, short=False)
-    p.add_bool("-f", "--force", help="Do not prompt for confirmation")
+    from berth.cli.objects import add_prune_flags
+
+    add_prune_flags(p, all_help="Remove all unused volumes, not just anonymous ones")
 
 
 def _prune(ctx: Context, ns: argparse.Namespace) -> int:
     from berth.cli.command import filters_from
-    from berth.cli.images import confirm
-    from berth.cli.render import human_size
-    from berth.client.http import encode_filters
+    from berth.cli.objects import prune, show_deleted, show_reclaimed
 
     filters = filters_from(ns.filter)
     if ns.all:
         filters.setdefault("all", []).append("true")
-    if not ns.force and not confirm(ctx, PRUNE_ALL_WARNING if ns.all else PRUNE_WARNING):
-        return 0
-    report = ctx.client.post("/volumes/prune", {"filters": encode_filters(filters) if filters else None}).json()
-    report = report or {}
-    deleted = report.get("VolumesDeleted") or []
-    if deleted:
-        ctx.out("Deleted Volumes:\n" + "".join(f"{name}\n" for name in deleted) + "\n")
-    ctx.out(f"Total reclaimed space: {human_size(int(report.get('SpaceReclaimed') or 0))}\n")
+    report = prune(ctx, "volumes", filters, PRUNE_ALL_WARNING if ns.all else PRUNE_WARNING, ns.force)
+    if report is not None:
+        show_deleted(ctx, "Deleted Volumes:", report.get("VolumesDeleted") or [])
+        show_reclaimed(ctx, report)
     return 0
 
 

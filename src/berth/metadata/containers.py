@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from pathlib import Path
 from typing import Any
 
 from berth.errors import Conflict, NotFound
+from berth.metadata.db import Database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS containers (
@@ -34,20 +34,11 @@ def name_conflict(name: str, holder: str) -> Conflict:
     )
 
 
-class ContainerDB:
+class ContainerDB(Database):
     """Thread-safe container records; each document is replaced whole, in one statement."""
 
     def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.RLock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        super().__init__(path, _SCHEMA)
 
     def insert(self, cid: str, name: str, created: float, doc: dict[str, Any]) -> None:
         with self._lock:

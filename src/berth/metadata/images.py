@@ -12,15 +12,13 @@ Every write is one transaction, so an image appears with all its tags or not at 
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from berth.errors import NotFound
+from berth.metadata.db import Database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -57,32 +55,11 @@ class ImageRecord:
     repo_digests: tuple[str, ...]
 
 
-class ImageDB:
+class ImageDB(Database):
     """Thread-safe access to the image tables (one connection, serialized by a lock; queries are tiny)."""
 
     def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.RLock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        super().__init__(path, _SCHEMA)
 
     # --- reads -------------------------------------------------------------------------------------
 

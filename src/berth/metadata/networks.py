@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from berth.errors import Conflict, NotFound
+from berth.metadata.db import Database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS networks (
@@ -87,20 +87,11 @@ class PortRecord:
     container_port: int
 
 
-class NetworkDB:
+class NetworkDB(Database):
     """Thread-safe network metadata; every method is one statement or one transaction."""
 
     def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.RLock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        super().__init__(path, _SCHEMA)
 
     # --- networks -----------------------------------------------------------------------------------------
 
@@ -220,17 +211,13 @@ class NetworkDB:
 
     def add_ports(self, records: list[PortRecord]) -> None:
         """All or nothing; Conflict when one of them is taken."""
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            with self._tx() as c:
                 for p in records:
-                    self._conn.execute("INSERT INTO ports VALUES (?, ?, ?, ?, ?, ?)",
-                                       (p.proto, p.host_ip, p.host_port, p.container_id, p.network_id,
-                                        p.container_port))
-                self._conn.execute("COMMIT")
-            except sqlite3.IntegrityError:
-                self._conn.execute("ROLLBACK")
-                raise Conflict("port is already allocated") from None
+                    c.execute("INSERT INTO ports VALUES (?, ?, ?, ?, ?, ?)",
+                              (p.proto, p.host_ip, p.host_port, p.container_id, p.network_id, p.container_port))
+        except sqlite3.IntegrityError:
+            raise Conflict("port is already allocated") from None
 
     def remove_ports(self, cid: str) -> None:
         with self._lock:

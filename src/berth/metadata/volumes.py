@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from berth.errors import InvalidArgument
+from berth.metadata.db import Database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS volumes (
@@ -46,20 +46,11 @@ class VolumeRecord:
             raise InvalidArgument("a volume record needs a name and a driver")
 
 
-class VolumeDB:
+class VolumeDB(Database):
     """Thread-safe volume records; a name is reserved atomically by its PRIMARY KEY."""
 
     def __init__(self, path: Path) -> None:
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._lock = threading.RLock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        super().__init__(path, _SCHEMA)
 
     def insert(self, rec: VolumeRecord) -> bool:
         """Record a new volume; False (and nothing written) when the name is taken."""

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -291,6 +291,19 @@ class BerthDaemon:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def running(daemon: BerthDaemon, *archives: Path) -> Iterator[BerthDaemon]:
+    """``daemon`` started, with these ``docker save`` archives loaded; stopped and cleaned up on the way out,
+    also when starting or loading fails (a module fixture's whole body)."""
+    try:
+        daemon.start()
+        for archive in archives:
+            daemon.docker("load", "-i", str(archive))
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 class ServerThread:
