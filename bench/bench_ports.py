@@ -25,13 +25,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import ipaddress
 import json
 import os
-import secrets
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -49,84 +46,6 @@ from berth.testing.rootfs import FIXTURES  # noqa: E402
 IMAGE = "busybox:latest"
 PORT = 8080
 CHUNK = 1 << 20
-
-
-# --- daemons with networks ----------------------------------------------------------------------------------------
-
-
-def free_subnet() -> ipaddress.IPv4Network:
-    routes = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True, text=True,
-                            check=True).stdout
-    used = []
-    for line in routes.splitlines():
-        with contextlib.suppress(ValueError, IndexError):
-            word = line.split()[0] if line.split()[0] not in ("local", "broadcast") else line.split()[1]
-            used.append(ipaddress.IPv4Network(word if "/" in word else word + "/32", strict=False))
-    for _ in range(200):
-        net = ipaddress.IPv4Network(f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(256)}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return net
-    raise HarnessError("no free 10.x/24 for the dockerd bridge")
-
-
-def iptables_rules() -> dict[str, list[str]]:
-    """``iptables-save`` by table: the ``-A`` lines and ``:CHAIN`` declarations."""
-    out: dict[str, list[str]] = {}
-    done = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
-    table = ""
-    for line in done.stdout.splitlines():
-        if line.startswith("*"):
-            table = line[1:]
-            out.setdefault(table, [])
-        elif line.startswith(("-A ", ":")) and table:
-            out[table].append(line)
-    return out
-
-
-def nft_tables() -> set[str]:
-    done = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False)
-    return {line.strip() for line in done.stdout.splitlines() if line.startswith("table ")}
-
-
-class DockerNetwork:
-    """dockerd's bridge and the iptables state it adds, undone on exit."""
-
-    def __init__(self) -> None:
-        self.bridge = "bd" + secrets.token_hex(3)
-        self.subnet = free_subnet()
-        self.rules_before: dict[str, list[str]] = {}
-        self.tables_before: set[str] = set()
-
-    def __enter__(self) -> DockerNetwork:
-        self.rules_before = iptables_rules()
-        self.tables_before = nft_tables()
-        gw = f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}"
-        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
-        subprocess.run(["ip", "addr", "add", gw, "dev", self.bridge], check=True)
-        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
-
-    def cleanup(self) -> None:
-        after = iptables_rules()
-        for table, lines in after.items():
-            before = set(self.rules_before.get(table, []))
-            added = [ln for ln in lines if ln not in before]
-            for ln in (x for x in added if x.startswith("-A ")):
-                subprocess.run(["iptables", "-t", table, "-D", *ln[3:].split()], capture_output=True, check=False)
-            for ln in (x for x in added if x.startswith(":")):
-                chain = ln[1:].split()[0]
-                subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True, check=False)
-                subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True, check=False)
-        # tables iptables-nft made for this run alone go too, once nothing is left in them
-        for table in nft_tables() - self.tables_before:
-            family, name = table.split()[1:3]
-            if family in ("ip", "ip6") and name in ("filter", "nat", "mangle", "raw") and not any(
-                    ln.startswith("-A ") for ln in iptables_rules().get(name, [])):
-                subprocess.run(["nft", "delete", "table", family, name], capture_output=True, check=False)
-        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
 
 
 # --- measurements -------------------------------------------------------------------------------------------------
@@ -232,34 +151,26 @@ def main() -> int:
         ap.error("dockerd with --iptables=true needs iptables")
     archive = Path(FIXTURES) / "busybox-docker-save.tar"
     results: dict[str, Any] = {}
-    docker_net = DockerNetwork() if args.with_docker else None
-    try:
-        with Harness(keep=args.keep, tmp=args.tmp) as h:
-            daemons = [h.berthd()]
-            if docker_net is not None:
-                docker_net.__enter__()
-                # a bridge of its own, iptables and the userland proxy: dockerd's defaults, on a throwaway bridge
-                network = (f"--bridge={docker_net.bridge}", "--iptables=true", "--ip6tables=false")
-                daemons.append(h.dockerd(network=network))
+    with Harness(keep=args.keep, tmp=args.tmp) as h:
+        daemons = [h.berthd()]
+        if args.with_docker:
+            daemons.append(h.dockerd(bridged=True))
+        for d in daemons:
+            docker_ok(d, "load", "-i", str(archive))
+        created: dict[str, list[str]] = {d.name: [] for d in daemons}
+        try:
+            results["stream_s"] = alternate(daemons, args.stream_reps,
+                                            lambda d: stream_once(d, args.stream_mb), "stream")
+            results["http_rps"] = alternate(daemons, args.http_reps,
+                                            lambda d: requests_per_s(d, args.http_s), "http")
+            results["run_plain_s"] = alternate(daemons, args.run_reps,
+                                               lambda d: run_cost(d, False, created[d.name]), "run")
+            results["run_publish_s"] = alternate(daemons, args.run_reps,
+                                                 lambda d: run_cost(d, True, created[d.name]), "run -p")
+        finally:
             for d in daemons:
-                docker_ok(d, "load", "-i", str(archive))
-            created: dict[str, list[str]] = {d.name: [] for d in daemons}
-            try:
-                results["stream_s"] = alternate(daemons, args.stream_reps,
-                                                lambda d: stream_once(d, args.stream_mb), "stream")
-                results["http_rps"] = alternate(daemons, args.http_reps,
-                                                lambda d: requests_per_s(d, args.http_s), "http")
-                results["run_plain_s"] = alternate(daemons, args.run_reps,
-                                                   lambda d: run_cost(d, False, created[d.name]), "run")
-                results["run_publish_s"] = alternate(daemons, args.run_reps,
-                                                     lambda d: run_cost(d, True, created[d.name]), "run -p")
-            finally:
-                for d in daemons:
-                    if created[d.name]:
-                        d.docker("rm", "-f", *created[d.name], check=False, timeout=300)
-    finally:
-        if docker_net is not None:
-            docker_net.cleanup()
+                if created[d.name]:
+                    d.docker("rm", "-f", *created[d.name], check=False, timeout=300)
 
     names = list(results["stream_s"])
     print(f"\npublished ports from 127.0.0.1 (medians; {'berthd vs dockerd' if len(names) > 1 else 'berthd'})")

@@ -1,11 +1,14 @@
 """Benchmark: container start latency, engine memory per running container and ``ps -a`` latency, berthd vs dockerd.
 
 Both daemons run side by side (bench/harness.py) with the busybox fixture loaded into each (``docker load -i``).
-The same docker CLI drives both. dockerd runs with ``--bridge=none``, so every container of both engines is run
-with ``--network none`` (a fresh, empty network namespace) for fairness. Measured:
+The same docker CLI drives both. By default dockerd runs with ``--bridge=none``, so every container of both
+engines is run with ``--network none`` (a fresh, empty network namespace) for fairness; with ``--bridge`` both
+engines use their default bridge network (dockerd on a throwaway bridge of its own, with iptables). Measured:
 
-* ``docker run --rm --network none busybox true``: wall time of the CLI, runs alternating between the daemons
-  after a few warm-up runs; bare ``runc run`` of the same rootfs (Debian's runc, the one dockerd uses) is the floor.
+* ``docker run --rm [--network none] busybox true``: wall time of the CLI, runs alternating between the daemons
+  after a few warm-up runs, each after ``--pause`` seconds of quiet (an engine's background clean-up must not
+  land on the other's run); bare ``runc run`` of the same rootfs (Debian's runc, the one dockerd uses) is the
+  floor.
 * engine memory: N ``docker run -d --network none busybox sleep 3600`` containers, then the unique set size
   (USS: Private_Clean + Private_Dirty of /proc/PID/smaps_rollup) of every engine process summed, divided by N.
   Engine processes are the daemon and every process it started that is not inside a container (a process whose
@@ -14,7 +17,7 @@ with ``--network none`` (a fresh, empty network namespace) for fairness. Measure
 * ``docker ps -a`` with those N containers present.
 * daemon start-up: seconds from exec to the first ``/_ping`` answer (harness ``Daemon.ready_s``).
 
-    .venv/bin/python bench/bench_run.py --with-docker --reps 20
+    .venv/bin/python bench/bench_run.py --with-docker --reps 20 [--bridge]
 """
 
 from __future__ import annotations
@@ -203,14 +206,19 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--tmp", type=Path, default=TMP)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds of quiet before each timed run")
+    ap.add_argument("--bridge", action="store_true",
+                    help="time `docker run --rm busybox true` on each engine's default bridge network instead of "
+                         "--network none (dockerd gets a bridge of its own with iptables)")
     args = ap.parse_args()
+    run_args = ("run", "--rm", IMAGE, "true") if args.bridge else RUN_ARGS
     if args.no_berth and not args.with_docker:
         ap.error("nothing to measure")
     archive = fixture()
     results: dict[str, Any] = {"run_s": {}, "ps_s": {}, "memory": {}, "ready_s": {}, "versions": {}}
 
     with Harness(keep=args.keep, tmp=args.tmp) as h:
-        daemons = h.start(berth=not args.no_berth, docker=args.with_docker)
+        daemons = h.start(berth=not args.no_berth, docker=args.with_docker, bridged=args.bridge)
         floor = RuncFloor(h.base, archive) if args.with_docker and not args.no_runc else None
         # processes that are not any daemon's: this script's own children (none expected), by PID
         for d in daemons:
@@ -222,14 +230,17 @@ def main() -> int:
             for d in daemons:
                 results["run_s"][d.name] = []
                 for _ in range(args.warmup):
-                    docker_ok(d, *RUN_ARGS)
+                    docker_ok(d, *run_args)
             if floor is not None:
                 results["run_s"]["runc"] = []
                 for _ in range(args.warmup):
                     floor.run()
             for rep in range(args.reps):
                 for d in daemons:
-                    t = timed(lambda d=d: docker_ok(d, *RUN_ARGS))  # type: ignore[misc]
+                    # each run on a quiet machine: an engine's clean-up after `--rm` (dockerd's shim and
+                    # containerd bookkeeping, berth's disk clean-up) must not land on the other engine's run
+                    time.sleep(args.pause)
+                    t = timed(lambda d=d: docker_ok(d, *run_args))  # type: ignore[misc]
                     results["run_s"][d.name].append(t)
                 if floor is not None:
                     results["run_s"]["runc"].append(floor.run())
@@ -261,7 +272,7 @@ def main() -> int:
             for d in daemons:
                 remove_all(d)
 
-    print(f"\ndocker run --rm --network none busybox true: {args.reps} runs each after {args.warmup} warm-up")
+    print(f"\ndocker {' '.join(run_args)}: {args.reps} runs each after {args.warmup} warm-up")
     med = print_medians(results["run_s"], {"runc": "(floor)", **results["versions"]}, "engine", (8, 12))
     if "berthd" in med and "dockerd" in med:
         print(f"ratio dockerd/berthd = {med['dockerd'] / med['berthd']:.2f}")

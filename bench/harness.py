@@ -21,8 +21,10 @@ import argparse
 import contextlib
 import ctypes
 import http.client
+import ipaddress
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -229,6 +231,7 @@ class Harness:
         self.daemons: list[Daemon] = []
         # berthd's bridges, veths and nftables table are named from this and removed at close
         self.network_prefix = "bp" + os.urandom(2).hex()
+        self.docker_network: DockerNetwork | None = None
 
     def __enter__(self) -> Harness:
         return self
@@ -248,13 +251,18 @@ class Harness:
                "--network-prefix", self.network_prefix]
         return self._start("berthd", root, sock, cmd, {}, timeout)
 
-    def start(self, berth: bool = True, docker: bool = False) -> list[Daemon]:
+    def start(self, berth: bool = True, docker: bool = False, bridged: bool = False) -> list[Daemon]:
         """berthd and/or dockerd, in the order the benchmarks alternate between them."""
-        return [*([self.berthd()] if berth else []), *([self.dockerd()] if docker else [])]
+        return [*([self.berthd()] if berth else []), *([self.dockerd(bridged=bridged)] if docker else [])]
 
-    def dockerd(self, timeout: float = 60, network: Sequence[str] = NO_NETWORK) -> Daemon:
-        """Start a real dockerd (host's or Debian's unpacked); by default it creates no bridge and no iptables
-        rules, ``network`` replaces those flags (bench_ports gives it a bridge of its own)."""
+    def dockerd(self, timeout: float = 60, bridged: bool = False) -> Daemon:
+        """Start a real dockerd (host's or Debian's unpacked). By default it creates no bridge and no iptables
+        rules; ``bridged`` gives it dockerd's own networking (a bridge, iptables, the userland proxy) on a
+        throwaway bridge, all removed at close."""
+        network = NO_NETWORK
+        if bridged:
+            self.docker_network = DockerNetwork().__enter__()
+            network = (f"--bridge={self.docker_network.bridge}", "--iptables=true", "--ip6tables=false")
         bindirs = docker_bindirs()
         root = self.base / "docker"
         root.mkdir()
@@ -310,12 +318,90 @@ class Harness:
                 proc.stop(5)
         unmount_below(self.base)
         remove_network_objects(self.network_prefix)
+        if self.docker_network is not None:
+            self.docker_network.cleanup()
         if self.keep:
             print(f"kept {self.base}", file=sys.stderr)
         elif not mounts_below(self.base):
             shutil.rmtree(self.base, ignore_errors=True)
         else:
             print(f"mounts remain under {self.base}; not deleting it", file=sys.stderr)
+
+
+def free_subnet() -> ipaddress.IPv4Network:
+    routes = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True, text=True,
+                            check=True).stdout
+    used = []
+    for line in routes.splitlines():
+        with contextlib.suppress(ValueError, IndexError):
+            word = line.split()[0] if line.split()[0] not in ("local", "broadcast") else line.split()[1]
+            used.append(ipaddress.IPv4Network(word if "/" in word else word + "/32", strict=False))
+    for _ in range(200):
+        net = ipaddress.IPv4Network(f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(256)}.0/24")
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise HarnessError("no free 10.x/24 for the dockerd bridge")
+
+
+def iptables_rules() -> dict[str, list[str]]:
+    """``iptables-save`` by table: the ``-A`` lines and ``:CHAIN`` declarations."""
+    out: dict[str, list[str]] = {}
+    done = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
+    table = ""
+    for line in done.stdout.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+            out.setdefault(table, [])
+        elif line.startswith(("-A ", ":")) and table:
+            out[table].append(line)
+    return out
+
+
+def nft_tables() -> set[str]:
+    done = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False)
+    return {line.strip() for line in done.stdout.splitlines() if line.startswith("table ")}
+
+
+class DockerNetwork:
+    """A bridge of dockerd's own for the benchmarks that need its networking, and the iptables state dockerd adds,
+    undone by ``cleanup`` (the harness does it at close, even on failure)."""
+
+    def __init__(self) -> None:
+        self.bridge = "bd" + secrets.token_hex(3)
+        self.subnet = free_subnet()
+        self.rules_before: dict[str, list[str]] = {}
+        self.tables_before: set[str] = set()
+
+    def __enter__(self) -> DockerNetwork:
+        self.rules_before = iptables_rules()
+        self.tables_before = nft_tables()
+        gw = f"{next(self.subnet.hosts())}/{self.subnet.prefixlen}"
+        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", gw, "dev", self.bridge], check=True)
+        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        after = iptables_rules()
+        for table, lines in after.items():
+            before = set(self.rules_before.get(table, []))
+            added = [ln for ln in lines if ln not in before]
+            for ln in (x for x in added if x.startswith("-A ")):
+                subprocess.run(["iptables", "-t", table, "-D", *ln[3:].split()], capture_output=True, check=False)
+            for ln in (x for x in added if x.startswith(":")):
+                chain = ln[1:].split()[0]
+                subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True, check=False)
+                subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True, check=False)
+        # tables iptables-nft made for this run alone go too, once nothing is left in them
+        for table in nft_tables() - self.tables_before:
+            family, name = table.split()[1:3]
+            if family in ("ip", "ip6") and name in ("filter", "nat", "mangle", "raw") and not any(
+                    ln.startswith("-A ") for ln in iptables_rules().get(name, [])):
+                subprocess.run(["nft", "delete", "table", family, name], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
 
 
 def remove_network_objects(prefix: str) -> None:
