@@ -136,6 +136,24 @@ def test_readonly_bind_serves_a_host_folder(daemon: BerthDaemon, tmp_path: Path)
         daemon.docker("rm", "-f", "web1")
 
 
+def test_file_mount_point_inside_a_read_only_bind(daemon: BerthDaemon, tmp_path: Path) -> None:
+    """A single file bound into a read-only folder bind needs a mount point the folder cannot take: runc's error,
+    naming the mount, and nothing created in the host folder; with the file already there it works."""
+    www = tmp_path / "www"
+    www.mkdir()
+    conf = tmp_path / "conf.txt"
+    conf.write_text("v1\n")
+    res = daemon.docker("run", "--rm", "-v", f"{www}:/www:ro", "-v", f"{conf}:/www/conf.txt:ro", "busybox",
+                        "cat", "/www/conf.txt", check=False)
+    assert res.returncode != 0
+    assert (f'error mounting "{conf}" to rootfs at "/www/conf.txt": create mountpoint for /www/conf.txt mount: '
+            "read-only file system") in res.stderr
+    assert list(www.iterdir()) == []
+    (www / "conf.txt").write_text("placeholder\n")
+    assert daemon.docker("run", "--rm", "-v", f"{www}:/www:ro", "-v", f"{conf}:/www/conf.txt:ro", "busybox",
+                         "cat", "/www/conf.txt").stdout == "v1\n"
+
+
 def test_volumes_from(daemon: BerthDaemon, tmp_path: Path) -> None:
     (tmp_path / "h").write_text("host\n")
     daemon.docker("create", "--name", "src1", "-v", "vf1:/data", "-v", f"{tmp_path}:/h", "busybox", "true")

@@ -162,7 +162,11 @@ def mount_spec(root_fd: int, m: Mount, cfg: InitConfig) -> None:
         return
     directory = os.path.isdir(m.source) if m.is_bind else True
     no_symlink = m.type in ("proc", "sysfs")
-    fd = _open_target(root_fd, m.destination, directory=directory, no_symlink=no_symlink)
+    try:
+        fd = _open_target(root_fd, m.destination, directory=directory, no_symlink=no_symlink)
+    except OSError as e:  # runc's wording; typically a file mount point inside a read-only bind
+        raise InitError(f'error mounting "{m.source}" to rootfs at "{m.destination}": create mountpoint for '
+                        f"{m.destination} mount: {(e.strerror or str(e)).lower()}") from None
     flags, propagation, _data = kmount.parse_options(m.options)
     try:
         if m.type in ("proc", "sysfs") and not stat.S_ISDIR(os.fstat(fd).st_mode):
