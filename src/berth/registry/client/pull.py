@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from berth.errors import BerthError, InvalidArgument, NotFound, Unavailable
-from berth.images import archive
 from berth.images.store import ImageStore, Lease
+from berth.layers.compression import open_decompressed
 from berth.oci import media
 from berth.oci.descriptor import Descriptor
 from berth.oci.digest import Digest
@@ -29,6 +29,7 @@ from berth.oci.reference import Reference
 from berth.registry.client.auth import repository_scope
 from berth.registry.client.transport import Transport
 from berth.registry.protocol import Route, path_for
+from berth.snapshots.base import Kind
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -176,7 +177,6 @@ class Puller:
                 raise InvalidArgument(f"invalid manifest for {ref.familiar()}: it has {len(manifest.layers)} layers, "
                                       f"its config {len(config.diff_ids)} diff IDs")
             self._layers(ref, manifest, config, scopes, lease)
-            archive.check_reused_layers(self.store, config, manifest.layers)
             self.store.put_bytes(lease, raw)
             tags = [ref] if ref.tag is not None and ref.digest is None else []
             before = self.store.db.by_tag(str(ref)) if tags else None
@@ -257,6 +257,9 @@ class Puller:
                     fut = futures.get(layer.digest)
                     if fut is not None:
                         fut.result()
+                    chain = config.chain_ids[i]
+                    if layer.digest != config.diff_ids[i] and self._committed(str(chain)):
+                        self._check_reused(layer, config.diff_ids[i], i)
                     self.store.unpack(lease, layers[:i + 1], config.diff_ids[:i + 1])
                     if fut is not None:
                         self.emit(progress("Pull complete", layer_id(layer)))
@@ -264,6 +267,24 @@ class Puller:
                 for f in futures.values():
                     f.cancel()
                 raise
+
+    def _committed(self, chain: str) -> bool:
+        try:
+            return self.store.snapshotter.stat(chain).kind is Kind.COMMITTED
+        except NotFound:
+            return False
+
+    def _check_reused(self, layer: Descriptor, diff_id: Digest, i: int) -> None:
+        """A layer whose snapshot already exists is not extracted, so its blob is hashed here instead: the stored
+        manifest must not pair a diff ID with other content. Layers this pull extracts are checked by the
+        extraction itself (hashing them again after it was a second full decompression of every layer)."""
+        hasher = diff_id.hasher()
+        with self.store.content.open(layer.digest) as raw, open_decompressed(raw) as stream:
+            while chunk := stream.read(_BUF):
+                hasher.update(chunk)
+        actual = Digest.from_hasher(hasher)
+        if actual != diff_id:
+            raise InvalidArgument(f"invalid diffID for layer {i}: calculated {actual}, expected {diff_id}")
 
     def _download(self, ref: Reference, desc: Descriptor, scopes: tuple[str, ...], lease: Lease,
                   announce: bool) -> None:

@@ -17,11 +17,12 @@ import os
 import struct
 import threading
 import time
+import types
 import urllib.parse
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from berth.errors import InvalidArgument, NotFound, Unavailable
 from berth.images.store import ImageStore, Lease
@@ -35,6 +36,14 @@ from berth.registry.client.auth import repository_scope
 from berth.registry.client.pull import layer_id, progress
 from berth.registry.client.transport import Transport
 from berth.registry.protocol import Route, path_for
+
+_deflate_impl: types.ModuleType
+try:
+    from isal import isal_zlib  # ISA-L: ~4x zlib's level-1 speed at the same ratio
+
+    _deflate_impl = isal_zlib
+except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps push working without it
+    _deflate_impl = zlib
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -59,16 +68,16 @@ class PushResult:
 
 def gzip_parallel(src: IO[bytes], write: Callable[[bytes], object], level: int = GZIP_LEVEL,
                   block: int = GZIP_BLOCK, threads: int = GZIP_THREADS) -> None:
-    """gzip ``src`` into ``write`` with blocks compressed in parallel threads (zlib releases the GIL), each primed
-    with the previous block's last 32 KiB like pigz; the output does not depend on ``threads``."""
+    """gzip ``src`` into ``write`` with blocks compressed in parallel threads (ISA-L and zlib release the GIL),
+    each primed with the previous block's last 32 KiB like pigz; the output does not depend on ``threads``."""
     write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")  # no name, no mtime: the same input gives the same bytes
     crc = 0
     total = 0
 
     def deflate(data: bytes, prime: bytes, last: bool) -> bytes:
-        c = zlib.compressobj(level, zlib.DEFLATED, -15, 9, zdict=prime) if prime else \
-            zlib.compressobj(level, zlib.DEFLATED, -15, 9)
-        return c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+        c = _deflate_impl.compressobj(level, zlib.DEFLATED, -15, 9, zdict=prime) if prime else \
+            _deflate_impl.compressobj(level, zlib.DEFLATED, -15, 9)
+        return cast(bytes, c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
 
     with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="berth-gzip") as pool:
         pending: list[concurrent.futures.Future[bytes]] = []
