@@ -195,3 +195,14 @@ def test_events_for_a_run(daemon: Any) -> None:
                         "--format", "{{.Action}} {{index .Actor.Attributes \"tier\"}}").stdout.split("\n")
     for action in ("create web", "start web", "die web", "destroy web"):
         assert action in out, out
+
+
+def test_privileged_gets_every_capability_the_daemon_has(daemon: Any) -> None:
+    """`--privileged` asks for all capabilities; where the daemon's bounding set lacks some (this VM has no
+    CAP_SYS_RESOURCE) the container gets what the daemon can give instead of failing to start."""
+    with open("/proc/self/status", encoding="utf-8") as fh:
+        bounding = next(line.split()[1] for line in fh if line.startswith("CapBnd:"))
+    out = daemon.docker("run", "--rm", "--privileged", "busybox", "grep", "CapEff", "/proc/self/status").stdout
+    assert out.split() == ["CapEff:", bounding]
+    out = daemon.docker("run", "--rm", "--cap-add", "ALL", "busybox", "grep", "CapEff", "/proc/self/status").stdout
+    assert out.split() == ["CapEff:", bounding]

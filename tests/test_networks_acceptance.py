@@ -126,5 +126,5 @@ def test_issue4_acceptance(berthd: BerthDaemon, tmp_path: Path) -> None:
     # what may stay is the default bridge's own NAT (as docker0's MASQUERADE does): no port, no other network
     table = subprocess.run(["nft", "list", "table", "ip", d.network_prefix], capture_output=True, text=True,
                            check=False).stdout
-    rules = [line.strip() for line in table.splitlines() if "masquerade" in line or "dnat" in line or "drop" in line]
+    rules = [line.strip() for line in table.splitlines() if "masquerade" in line or "dnat to" in line or "drop" in line]
     assert rules and all(f'"{d.network_prefix}0"' in r and "dnat to" not in r for r in rules), table

@@ -215,3 +215,27 @@ def test_docker_py_random_port(daemon: Any) -> None:
         assert until(fetch, ignore=(OSError,)) in (200, 404)
     finally:
         c.remove(force=True)
+
+
+def test_published_port_reachable_from_another_network(daemon: Any) -> None:
+    """Networks are isolated from each other, but a published port is public: a container on another network
+    reaches it through a host address (its own gateway), as through Docker's proxy; direct traffic stays dropped."""
+    port = free_port("0.0.0.0")
+    daemon.docker("network", "create", "np-a")
+    daemon.docker("network", "create", "np-b")
+    try:
+        daemon.docker("run", "-d", "--name", "np-pub", "--network", "np-a", "-p", f"{port}:8080", "busybox", *HTTPD)
+        until(lambda: _get(port), ignore=(OSError,))
+        daemon.docker("run", "-d", "--name", "np-probe", "--network", "np-b", "busybox", "sleep", "60")
+        gateway = _inspect(daemon, "np-probe")["NetworkSettings"]["Networks"]["np-b"]["Gateway"]
+        direct = _inspect(daemon, "np-pub")["NetworkSettings"]["Networks"]["np-a"]["IPAddress"]
+        # (this busybox's wget -T crashes: busybox's own timeout applet bounds the tries instead)
+        res = daemon.docker("exec", "np-probe", "timeout", "5", "wget", "-qO-", f"http://{gateway}:{port}/",
+                            check=False)
+        assert res.returncode == 0 and res.stdout.strip() == "served", res
+        res = daemon.docker("exec", "np-probe", "timeout", "2", "wget", "-qO-", f"http://{direct}:8080/",
+                            check=False)
+        assert res.returncode != 0
+    finally:
+        daemon.docker("rm", "-f", "np-pub", "np-probe", check=False)
+        daemon.docker("network", "rm", "np-a", "np-b", check=False)

@@ -27,7 +27,6 @@ from berth.engine.containers import ContainerService
 from berth.engine.running import DEFAULT_DETACH_KEYS, ContainerRunner, _scan_detach, parse_detach_keys
 from berth.engine.spec import all_capabilities, environment, working_dir
 from berth.errors import BerthError, Conflict, InternalError, InvalidArgument, NotFound
-from berth.kernel import caps as kcaps
 from berth.oci.runtime_spec import Capabilities, Process, User
 from berth.runtime.linux import load_spec
 from berth.runtime.monitor import frame
@@ -279,8 +278,7 @@ class ExecService:
                            "Env": list(config.get("Env") or []) + list(ex.env)}, who)
         caps = base.capabilities
         if ex.privileged:
-            bounding = kcaps.current()["CapBnd"]  # a daemon without some capability cannot hand it on
-            every = tuple(c for c in all_capabilities() if bounding >> kcaps.CAPS[c] & 1)
+            every = tuple(all_capabilities())
             caps = Capabilities(bounding=every, effective=every, permitted=every)
         return Process(args=ex.cmd, env=env, cwd=ex.working_dir or working_dir(config), terminal=ex.tty,
                        user=user, capabilities=caps, rlimits=base.rlimits,

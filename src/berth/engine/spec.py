@@ -197,9 +197,11 @@ def _normalize_caps(names: Sequence[str]) -> list[str]:
 
 
 def all_capabilities() -> list[str]:
-    """Every capability the running kernel knows, by name."""
+    """Every capability the running kernel knows and the daemon may hand on (its bounding set: a daemon in a
+    container or a VM without, say, CAP_SYS_RESOURCE cannot give it, and asking for it fails the start), by name."""
     top = kcaps.last_cap()
-    return [kcaps.NAMES[n] for n in sorted(kcaps.NAMES) if n <= top]
+    bounding = kcaps.current()["CapBnd"]
+    return [kcaps.NAMES[n] for n in sorted(kcaps.NAMES) if n <= top and bounding >> n & 1]
 
 
 def capabilities(cap_add: Sequence[str], cap_drop: Sequence[str], privileged: bool) -> list[str]:

@@ -10,7 +10,8 @@ port keep working across a rebuild and across a daemon restart. The rules::
       chain postrouting  nat    masquerade: localhost->container (needs route_localnet on the bridge),
                                 hairpin (a container reaching a port published by its own network), outbound
                                 traffic of non-internal networks
-      chain forward      filter isolation between networks; internal networks never leave their bridge
+      chain forward      filter isolation between networks (published ports excepted); internal networks
+                                never leave their bridge
 
 :class:`Firewall` runs nft only when the rendered script changed.
 """
@@ -94,13 +95,17 @@ def render(table: str, networks: Sequence[NetworkRule], ports: Sequence[PortRule
     lines.append("  chain forward {")
     lines.append("    type filter hook forward priority 0; policy accept;")
     for n in nets:
-        br = _quote(n.bridge)
         if n.internal:
+            br = _quote(n.bridge)
             lines.append(f"    iifname {br} oifname != {br} drop")
             lines.append(f"    oifname {br} iifname != {br} drop")
+    # a published port is public: another network's container may reach it through a host address (Docker's
+    # userland proxy allows the same); only direct traffic between networks is isolated
+    lines.append("    ct status dnat accept")
+    for n in nets:
         others = [_quote(o.bridge) for o in nets if o.bridge != n.bridge]
         if others:
-            lines.append(f"    iifname {br} oifname {{ {', '.join(others)} }} drop")
+            lines.append(f"    iifname {_quote(n.bridge)} oifname {{ {', '.join(others)} }} drop")
     lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
