@@ -414,6 +414,12 @@ def remove_network_objects(prefix: str) -> None:
             subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
     for family in ("ip", "inet"):
         subprocess.run(["nft", "delete", "table", family, prefix], capture_output=True, check=False)
+    if shutil.which("iptables-save"):  # a berthd on the iptables backend
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+        from berth.network.iptables import Iptables
+
+        with contextlib.suppress(Exception):
+            Iptables(prefix).remove()
 
 
 def orphans() -> list[_Proc]:

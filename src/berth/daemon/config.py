@@ -15,6 +15,7 @@ DEFAULT_DATA_ROOT = "/var/lib/berth"
 DEFAULT_EXEC_ROOT = "/run/berth"
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 STORAGE_DRIVERS = ("auto", "overlayfs", "copy")
+FIREWALL_BACKENDS = ("auto", "nftables", "iptables")  # berth.network.firewall.BACKENDS (daemon/ stays light)
 # berth.runtime.oci_cli.RUNTIMES' names, not imported: it pulls in the whole runtime before the lock is taken
 BUILTIN_RUNTIMES = ("berth", "runc", "crun")
 
@@ -34,7 +35,8 @@ class DaemonConfig:
     network_prefix: str = "berth"  # names every host network object: bridge P0, table P, veths P<hex>
     bridge: str = ""  # -b: the default bridge's name ("" = <prefix>0, "none" = no default bridge network)
     bip: str = ""  # --bip: the default bridge's address and prefix (172.20.0.1/16)
-    iptables: bool = True  # --iptables=false: no nftables rules (no NAT, no isolation, no published ports)
+    iptables: bool = True  # --iptables=false: no firewall rules (no NAT, no isolation, no published ports)
+    firewall_backend: str = "auto"  # --firewall-backend: auto (nft when it works, else iptables), nftables, iptables
     dns: tuple[str, ...] = ()  # --dns: name servers for containers that set none (and the embedded DNS's upstreams)
     dns_search: tuple[str, ...] = ()  # --dns-search
     dns_options: tuple[str, ...] = ()  # --dns-opt
@@ -44,6 +46,9 @@ class DaemonConfig:
     def __post_init__(self) -> None:
         if self.default_runtime not in BUILTIN_RUNTIMES + tuple(name for name, _ in self.extra_runtimes):
             raise InvalidArgument(f"unknown or invalid runtime name: {self.default_runtime}")
+        if self.firewall_backend not in FIREWALL_BACKENDS:
+            raise InvalidArgument(f"invalid firewall backend {self.firewall_backend!r}: use one of "
+                                  f"{', '.join(FIREWALL_BACKENDS)}")
         if self.log_level not in LOG_LEVELS:
             raise InvalidArgument(f"invalid log level {self.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
         if self.storage_driver not in STORAGE_DRIVERS:
@@ -94,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--bridge", default="", help='the default bridge network\'s bridge ("none" disables it)')
     p.add_argument("--bip", default="", help="the default bridge's address and prefix (e.g. 172.20.0.1/16)")
     p.add_argument("--iptables", nargs="?", const="true", default="true", metavar="BOOL",
-                   help="program nftables rules for NAT, isolation and published ports (default true)")
+                   help="program firewall rules for NAT, isolation and published ports (default true)")
+    p.add_argument("--firewall-backend", default="auto", choices=FIREWALL_BACKENDS,
+                   help="how the rules are loaded: nftables, iptables, or auto (nft when it works, else iptables)")
     p.add_argument("--dns", action="append", default=[], help="DNS server for containers (repeatable)")
     p.add_argument("--dns-search", action="append", default=[], help="DNS search domain for containers (repeatable)")
     p.add_argument("--dns-opt", action="append", default=[], help="DNS option for containers (repeatable)")
@@ -152,6 +159,7 @@ def _config(ns: argparse.Namespace, sock: Path, exec_root: Path,
         bridge=ns.bridge,
         bip=ns.bip,
         iptables=_bool_flag("--iptables", ns.iptables),
+        firewall_backend=ns.firewall_backend,
         dns=tuple(ns.dns),
         dns_search=tuple(ns.dns_search),
         dns_options=tuple(ns.dns_opt),

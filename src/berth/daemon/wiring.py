@@ -101,7 +101,7 @@ def build_engine(config: DaemonConfig) -> Engine:
     containers.exec_ids = execs.ids
     networks = NetworkService(NetworkDB(config.data_root / "berth.db"), containers, events, config.exec_root,
                               NetworkOptions(prefix=config.network_prefix, bridge=config.bridge, bip=config.bip,
-                                             iptables=config.iptables))
+                                             iptables=config.iptables, firewall_backend=config.firewall_backend))
     containers.networks = networks
     runner.networks = networks
     runner.dns = dns = ContainerDns(networks, containers, containers.paths, DnsOptions(

@@ -9,7 +9,9 @@ made in). :meth:`started` serves them from the daemon's event loop (berth.networ
 share a network with this one (container name, ``--network-alias``, short ID, also as ``name.network``) are
 answered here, anything else is forwarded to the real name servers (the host's or ``--dns``) from the daemon's
 namespace, except on internal networks. The sockets close when the container stops; after a daemon restart
-:meth:`started` opens them again for containers that kept running.
+:meth:`started` opens them again for containers that kept running. ``network connect``/``disconnect`` of a running
+container calls :meth:`endpoints_changed` (registered with the network service): the files are rewritten as a start
+would write them and the sockets are opened (first user-defined network) or closed (last one gone).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class NetworkView(Protocol):
     def endpoints(self, cid: str) -> list[dict[str, Any]]: ...
     def inspect(self, ref: str) -> dict[str, Any]: ...
     def sandbox(self, cid: str) -> Path | None: ...
+    def watch(self, fn: Callable[[str], None]) -> None: ...
 
 
 class ContainerNames(Protocol):
@@ -110,6 +113,7 @@ class ContainerDns:
         self.options = options or DnsOptions()
         self._served: dict[str, _Served] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        networks.watch(self.endpoints_changed)
 
     # --- files ------------------------------------------------------------------------------------------------
 
@@ -179,6 +183,40 @@ class ContainerDns:
         server = wire.DnsServer(self._lookup_for(cid), [(u.address.partition("%")[0], DNS_PORT) for u in upstreams],
                                 internal=internal)
         self._served[cid] = _Served(server, udp, tcp)
+
+    def endpoints_changed(self, cid: str) -> None:
+        """Worker thread, container lock held: a running container joined or left a network (hot plug)."""
+        sandbox = self.networks.sandbox(cid)
+        if sandbox is None:
+            return
+        _cid, _name, doc = self.containers.resolve(cid)
+        endpoints = self.networks.endpoints(cid)
+        upstreams = self.write_files(cid, doc, endpoints)
+        if upstreams is None:
+            self.release(cid)
+            return
+        forward = [(u.address.partition("%")[0], DNS_PORT) for u in upstreams]
+        internal = all(ep.get("Internal") for ep in endpoints if ep.get("UserDefined"))
+        served = self._served.get(cid)
+        if served is not None:  # the sockets stay; where unknown names go follows the networks
+            served.server.upstreams, served.server.internal = forward, internal
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            log.warning("container %s: embedded DNS not started: no event loop yet", cid[:12])
+            return
+        udp, tcp = netlink.run_in_netns(sandbox, _bind_in_netns)
+        served = _Served(wire.DnsServer(self._lookup_for(cid), forward, internal=internal), udp, tcp)
+        self._served[cid] = served
+        try:
+            loop.call_soon_threadsafe(self._serve_later, cid, served)
+        except RuntimeError:  # the loop closed meanwhile (daemon shutdown)
+            self._served.pop(cid, None)
+            _close_sockets(served)
+
+    def _serve_later(self, cid: str, served: _Served) -> None:
+        if self._served.get(cid) is served and served.task is None:
+            served.task = asyncio.create_task(self._serve(cid, served))
 
     def starting(self, doc: dict[str, Any]) -> None:
         pass

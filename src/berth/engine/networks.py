@@ -4,7 +4,9 @@
 container's networks at create (hooks called by ``ContainerService``), builds the container's network namespace
 before its spec is written and tears it down at exit (hooks called by ``ContainerRunner``), and keeps the firewall
 table equal to what the records say. Host objects are named from the daemon's prefix P: the default bridge ``P0``,
-user bridges ``P-<8 hex of the network id>``, veth host ends ``P<hex>``, the nftables table ``P``.
+user bridges ``P-<8 hex of the network id>``, veth host ends ``P<hex>``, the nftables table ``P`` (or, with the
+iptables backend, the chains ``P-PRE``, ``P-OUT``, ``P-POST``, ``P-FWD``). ``connect``/``disconnect`` of a running
+container tell the watchers (the embedded DNS) so that its files and name server follow.
 
 Namespace files live under ``<exec-root>/netns/<container id>`` (a shared mount, like iproute2's /run/netns).
 Setup of the predefined networks and the firewall runs in a background thread at daemon start (pyroute2's import
@@ -22,7 +24,7 @@ import re
 import secrets
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +34,7 @@ from berth.errors import BerthError, Conflict, Forbidden, InternalError, Invalid
 from berth.metadata.networks import Attachment, NetworkDB, PortRecord
 from berth.network import ipam
 from berth.network.bridge import BridgeDriver, Endpoint
+from berth.network.firewall import BACKENDS as FIREWALL_BACKENDS
 from berth.network.firewall import Firewall, NetworkRule, PortRule
 from berth.oci.digest import is_hex_id
 from berth.units import now_rfc3339
@@ -64,12 +67,14 @@ class EventSink(Protocol):
 
 @dataclass(frozen=True)
 class NetworkOptions:
-    """The daemon's network flags: ``--network-prefix``, ``-b/--bridge``, ``--bip``, ``--iptables``."""
+    """The daemon's network flags: ``--network-prefix``, ``-b/--bridge``, ``--bip``, ``--iptables``,
+    ``--firewall-backend``."""
 
     prefix: str = "berth"
     bridge: str = ""  # "" → <prefix>0; "none" → no default bridge network
     bip: str = ""
     iptables: bool = True
+    firewall_backend: str = "auto"  # auto (nft when it works, else iptables), nftables, iptables
 
     def __post_init__(self) -> None:
         if not PREFIX_RE.match(self.prefix):
@@ -77,6 +82,9 @@ class NetworkOptions:
                                   "starting with a letter")
         if self.bridge and self.bridge != "none" and not IFNAME_RE.match(self.bridge):
             raise InvalidArgument(f"invalid bridge name {self.bridge!r}")
+        if self.firewall_backend not in FIREWALL_BACKENDS:
+            raise InvalidArgument(f"invalid firewall backend {self.firewall_backend!r}: use one of "
+                                  f"{', '.join(FIREWALL_BACKENDS)}")
         if self.bip:
             with contextlib.suppress(ValueError):
                 ipaddress.IPv4Interface(self.bip)
@@ -195,11 +203,25 @@ class NetworkService:
         self.options = options or NetworkOptions()
         self.netns_dir = exec_root / "netns"
         self.driver = driver or BridgeDriver()
-        self.firewall = Firewall(self.options.prefix, enabled=self.options.iptables)
+        self.firewall = Firewall(self.options.prefix, enabled=self.options.iptables,
+                                 backend=self.options.firewall_backend)
         self._lock = threading.RLock()
         self._ready = threading.Event()
         self._setup_error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._watchers: list[Callable[[str], None]] = []
+
+    def watch(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(container id)`` (in the caller's worker thread) after a running container's endpoints changed
+        by connect or disconnect; the container's lock is held."""
+        self._watchers.append(fn)
+
+    def _changed(self, cid: str) -> None:
+        for fn in self._watchers:
+            try:
+                fn(cid)
+            except Exception as e:  # the endpoint is in place; a file or DNS failure must not undo it
+                log.warning("container %s: after a network change: %s", cid[:12], e)
 
     # --- start-up ---------------------------------------------------------------------------------------------
 
@@ -518,6 +540,8 @@ class NetworkService:
                     self.db.clear_endpoint(cid, doc["Id"])
                     self.db.detach(cid, doc["Id"])
                     raise
+        if running:
+            self._changed(cid)
         self.events.publish("network", "connect", doc["Id"], {"container": cid, "name": doc["Name"],
                                                               "type": doc["Driver"]})
 
@@ -536,6 +560,8 @@ class NetworkService:
             self.db.detach(cid, doc["Id"])
             if any(p.network_id == doc["Id"] for p in self.db.ports_of(cid)):
                 self._apply_firewall()
+        if att.active:
+            self._changed(cid)
         self.events.publish("network", "disconnect", doc["Id"], {"container": cid, "name": doc["Name"],
                                                                  "type": doc["Driver"]})
 

@@ -13,7 +13,9 @@ port keep working across a rebuild and across a daemon restart. The rules::
       chain forward      filter isolation between networks (published ports excepted); internal networks
                                 never leave their bridge
 
-:class:`Firewall` runs nft only when the rendered script changed.
+:class:`Firewall` loads the rules only when the rendered script changed, through one of two backends that render
+the same rules: :class:`Nftables` (this module) or berth.network.iptables for hosts without nftables (``auto``: nft
+when the ``nft`` binary works, else iptables). With no network and no port left, everything is removed.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from berth.errors import InternalError
 
 NFT = "nft"
 LOCAL_ANY = ("", "0.0.0.0")
+BACKENDS = ("auto", "nftables", "iptables")
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,15 @@ class PortRule:
             ipaddress.IPv4Address(self.host_ip)  # validated: it is pasted into a rule
 
 
-def _quote(name: str) -> str:
+def check_name(name: str) -> str:
+    """``name`` when it is safe to paste into a rule (interface, table and chain names)."""
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ValueError(f"bad interface name {name!r}")
-    return f'"{name}"'
+    return name
+
+
+def _quote(name: str) -> str:
+    return f'"{check_name(name)}"'
 
 
 def _dnat(p: PortRule) -> str:
@@ -120,30 +129,102 @@ def run_nft(script: str) -> None:
         raise InternalError(f"nftables: {proc.stderr.decode(errors='replace').strip()}")
 
 
-class Firewall:
-    """The daemon's table; ``enabled=False`` (``--iptables=false``) makes every call a no-op."""
+def nft_works() -> bool:
+    """Whether this host's ``nft`` binary runs and reaches the kernel."""
+    try:
+        proc = subprocess.run([NFT, "list", "tables"], capture_output=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
 
-    def __init__(self, table: str, *, enabled: bool = True) -> None:
-        _quote(table)
+
+class Backend(Protocol):
+    """One way of loading the rules into the kernel; both backends render the same semantics."""
+
+    name: str
+    prefix: str
+
+    def render(self, networks: Sequence[NetworkRule], ports: Sequence[PortRule]) -> str: ...
+    def load(self, script: str) -> None: ...
+    def remove(self) -> None: ...
+    def leftovers(self) -> list[str]: ...
+
+
+class Nftables:
+    """The ``ip <prefix>`` table, replaced whole in one nft transaction."""
+
+    name = "nftables"
+
+    def __init__(self, table: str) -> None:
+        self.prefix = self.table = check_name(table)
+
+    def render(self, networks: Sequence[NetworkRule], ports: Sequence[PortRule]) -> str:
+        return render(self.table, networks, ports)
+
+    def load(self, script: str) -> None:
+        run_nft(script)
+
+    def remove(self) -> None:
+        """Delete the table (creating it first makes the delete succeed when it is not there)."""
+        run_nft(f"table ip {self.table}\ndelete table ip {self.table}\n")
+
+    def leftovers(self) -> list[str]:
+        proc = subprocess.run([NFT, "list", "table", "ip", self.table], capture_output=True, text=True, check=False,
+                              timeout=30)
+        return [line.strip() for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 else []
+
+
+def make_backend(choice: str, prefix: str) -> Backend:
+    """``auto``, ``nftables`` or ``iptables`` → the backend for ``prefix``."""
+    if choice not in BACKENDS:
+        raise ValueError(f"unknown firewall backend {choice!r}")
+    if choice == "auto":
+        choice = "nftables" if nft_works() else "iptables"
+    if choice == "iptables":
+        from berth.network.iptables import Iptables  # it builds on this module's rule types
+
+        return Iptables(prefix)
+    return Nftables(prefix)
+
+
+class Firewall:
+    """The daemon's rules; ``enabled=False`` (``--iptables=false``) makes every call a no-op. The backend is chosen
+    at first use (``auto`` runs nft once: off the daemon's ready time)."""
+
+    def __init__(self, table: str, *, enabled: bool = True, backend: str = "auto") -> None:
+        check_name(table)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown firewall backend {backend!r}")
         self.table = table
         self.enabled = enabled
+        self.choice = backend
+        self._backend: Backend | None = None
         self._applied: str | None = None
         self._lock = threading.Lock()
 
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = make_backend(self.choice, self.table)
+        return self._backend
+
     def apply(self, networks: Sequence[NetworkRule], ports: Sequence[PortRule]) -> bool:
-        """Make the table match; True when nft had to run."""
+        """Make the rules match; True when the backend had to run."""
         if not self.enabled:
             return False
-        script = render(self.table, networks, ports)
         with self._lock:
+            script = self.backend.render(networks, ports) if networks or ports else ""
             if script == self._applied:
                 return False
-            run_nft(script)
+            if script:
+                self.backend.load(script)
+            else:  # nothing left to program: no empty table or chain stays behind either
+                self.backend.remove()
             self._applied = script
             return True
 
     def remove(self) -> None:
-        """Delete the table (creating it first makes the delete succeed when it is not there)."""
+        """Delete every rule and chain (or table) of the daemon's prefix."""
         with self._lock:
             self._applied = None
-            run_nft(f"table ip {self.table}\ndelete table ip {self.table}\n")
+            self.backend.remove()

@@ -73,6 +73,11 @@ def remove_network_objects(prefix: str) -> None:
             if name.startswith(prefix):
                 subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
     subprocess.run(["nft", "delete", "table", "ip", prefix], capture_output=True, check=False)
+    if shutil.which("iptables-save"):  # a daemon on the iptables backend: its chains and the jumps to them
+        from berth.network.iptables import Iptables
+
+        with contextlib.suppress(Exception):
+            Iptables(prefix).remove()
 
 
 def request(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None,
