@@ -166,3 +166,58 @@ def test_large_write_throughput(store: ContentStore) -> None:
     elapsed = time.monotonic() - start
     assert store.size(d) == len(data)
     assert elapsed < 5, f"64 MiB took {elapsed:.2f}s"
+
+
+def _digest_of(data: bytes) -> Digest:
+    return Digest("sha256", hashlib.sha256(data).hexdigest())
+
+
+def test_resumable_writer_continues_a_broken_download(store: ContentStore) -> None:
+    data = os.urandom(3 << 20)
+    digest = _digest_of(data)
+    with store.resumable_writer(digest, len(data)) as w:
+        assert w.offset == 0
+        w.write(data[:1_000_000])  # the connection breaks here: leaving the block keeps the partial file
+    assert store.clean_ingest() == 0  # a daemon restart keeps it too
+    with store.resumable_writer(digest, len(data)) as w:
+        assert w.offset == 1_000_000
+        w.write(data[w.offset:])
+        assert w.commit() == digest
+    assert store.read(digest) == data
+    assert os.listdir(store.root / "ingest") == []
+
+
+def test_resumable_writer_never_keeps_or_serves_corrupt_content(store: ContentStore) -> None:
+    data = b"x" * 5000
+    digest = _digest_of(data)
+    with store.resumable_writer(digest, len(data)) as w:
+        w.write(b"y" * 100)  # a wrong prefix (a crash of the machine, a lying server)
+    with store.resumable_writer(digest, len(data)) as w:
+        assert w.offset == 100
+        w.write(data[100:])
+        with pytest.raises(InvalidArgument, match="unexpected commit digest"):
+            w.commit()
+    assert not store.has(digest) and os.listdir(store.root / "ingest") == []
+    with store.resumable_writer(digest, len(data)) as w:  # the next attempt starts over and succeeds
+        assert w.offset == 0
+        w.write(data)
+        w.commit()
+    assert store.read(digest) == data
+
+
+def test_resumable_writer_busy_and_oversized_partials(store: ContentStore) -> None:
+    data = b"z" * 1000
+    digest = _digest_of(data)
+    with store.resumable_writer(digest, len(data)) as first:
+        first.write(data[:10])
+        with store.resumable_writer(digest, len(data)) as second:  # held by the first: a private temp file
+            assert second.offset == 0
+            second.write(data)
+            second.commit()
+    partial = store.root / "ingest" / f"sha256-{digest.hex}.partial"
+    partial.write_bytes(b"z" * 2000)  # longer than the blob: cannot be a prefix of it
+    with store.resumable_writer(digest, len(data)) as w:
+        assert w.offset == 0
+    old = time.time() - 2 * 24 * 3600
+    os.utime(partial, (old, old))
+    assert store.clean_ingest() == 1 and not partial.exists()

@@ -2,7 +2,9 @@
 
 A reader never sees a partial blob: bytes go to a private temp file under ``ingest/``, are hashed while
 written, size- and digest-checked, fsynced, and only then renamed into ``blobs/`` (and the directory
-fsynced). A crash leaves only ``ingest/`` leftovers, which :meth:`ContentStore.clean_ingest` removes.
+fsynced). A crash leaves only ``ingest/`` leftovers, which :meth:`ContentStore.clean_ingest` removes, except
+the partial downloads of :meth:`ContentStore.resumable_writer` (named by the digest they should become), which
+a later pull continues where it stopped, even after a daemon crash; they are kept for a day.
 
 On-disk layout (this module is the only one that joins paths under ``root``)::
 
@@ -11,15 +13,18 @@ On-disk layout (this module is the only one that joins paths under ``root``)::
     │   └── sha256/
     │       └── <hex>          0444, immutable once renamed in
     └── ingest/
-        └── <random>.tmp       a write in progress (or a crash leftover)
+        ├── <random>.tmp       a write in progress (or a crash leftover)
+        └── <alg>-<hex>.partial  a resumable download of that digest (flocked while written)
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +35,8 @@ from berth.oci.digest import Digest
 
 _DIR_MODE = 0o700
 _BLOB_MODE = 0o444
+PARTIAL_KEEP_S = 24 * 3600
+_PARTIAL = ".partial"
 
 
 def _not_found(digest: Digest) -> NotFound:
@@ -78,6 +85,19 @@ class ContentStore:
         with self.open(digest) as f:
             return f.read()
 
+    def resumable_writer(self, expected: Digest, expected_size: int) -> ContentWriter:
+        """A writer for a download of ``expected`` that continues a partial one left by an earlier attempt (its
+        ``offset`` says where: ask the server for the rest); kept on disk when the download breaks off, removed
+        once committed or found corrupt. Busy (another writer holds it): a private temp file instead."""
+        path = self._ingest / f"{expected.algorithm}-{expected.hex}{_PARTIAL}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return ContentWriter(self, expected, expected_size)
+        return ContentWriter(self, expected, expected_size, resume=(path, fd))
+
     def writer(self, expected: Digest | None = None, expected_size: int | None = None) -> ContentWriter:
         """Start a write; the blob appears only on :meth:`ContentWriter.commit`."""
         return ContentWriter(self, expected, expected_size)
@@ -109,10 +129,14 @@ class ContentStore:
                 yield digest, size
 
     def clean_ingest(self) -> int:
-        """Remove leftovers of interrupted writes (at daemon start, before any write); returns the count."""
+        """Remove leftovers of interrupted writes (at daemon start, before any write), but partial downloads
+        younger than a day; returns the count removed."""
         removed = 0
+        cutoff = time.time() - PARTIAL_KEEP_S
         for entry in os.scandir(self._ingest):
             with contextlib.suppress(FileNotFoundError):
+                if entry.name.endswith(_PARTIAL) and entry.stat().st_mtime > cutoff:
+                    continue
                 os.unlink(entry.path)
                 removed += 1
         return removed
@@ -141,16 +165,35 @@ class ContentWriter:
     Use as a context manager; leaving the block without :meth:`commit` (or with an exception) discards.
     """
 
-    def __init__(self, store: ContentStore, expected: Digest | None, expected_size: int | None) -> None:
+    def __init__(self, store: ContentStore, expected: Digest | None, expected_size: int | None,
+                 resume: tuple[Path, int] | None = None) -> None:
         if expected_size is not None and expected_size < 0:
             raise InvalidArgument(f"invalid expected size {expected_size}")
         self._store = store
         self.expected = expected
         self.expected_size = expected_size
         self._hasher = expected.hasher() if expected is not None else hashlib.sha256()
-        self._path, self._fd = store._new_ingest()
         self.offset = 0
         self._done = False
+        self._keep = resume is not None  # a resumable download survives a discard, not a failed commit
+        if resume is None:
+            self._path, self._fd = store._new_ingest()
+            return
+        self._path, self._fd = resume
+        size = os.fstat(self._fd).st_size
+        if expected_size is not None and size > expected_size:
+            os.ftruncate(self._fd, 0)  # more than the blob can hold: not a prefix of it
+            size = 0
+        done = 0
+        while done < size:  # the kept prefix counts toward the digest; it is checked with the rest at commit
+            chunk = os.pread(self._fd, min(1 << 20, size - done), done)
+            if not chunk:
+                break
+            self._hasher.update(chunk)
+            done += len(chunk)
+        os.ftruncate(self._fd, done)
+        os.lseek(self._fd, done, os.SEEK_SET)
+        self.offset = done
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append ``data``; returns its length. Large writes are cheapest (one hash update, one syscall)."""
@@ -171,12 +214,15 @@ class ContentWriter:
             raise InvalidArgument("commit of a closed content writer")
         try:
             if self.expected_size is not None and self.offset != self.expected_size:
+                self._keep = False
                 raise InvalidArgument(
                     f"unexpected commit size {self.offset}, expected {self.expected_size}"
                 )
             actual = Digest.from_hasher(self._hasher)
             if self.expected is not None and actual != self.expected:
+                self._keep = False  # corrupt: never resumed from, never addressable
                 raise InvalidArgument(f"unexpected commit digest {actual}, expected {self.expected}")
+            self._keep = False
             if self._store.has(actual):
                 return actual
             os.fsync(self._fd)
@@ -194,8 +240,9 @@ class ContentWriter:
             self._fd = -1
         if not self._done:
             self._done = True
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path)
+            if not self._keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._path)
 
     def __enter__(self) -> ContentWriter:
         return self
