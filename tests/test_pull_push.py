@@ -728,3 +728,87 @@ def test_authorization_dropped_on_cross_host_redirect() -> None:
         a.server_close()
         b.shutdown()
         b.server_close()
+
+
+@pytest.mark.root
+@needs_registry
+def test_sigkill_mid_pull_then_the_next_pull_resumes(registry: Registry, tmp_path: Path) -> None:
+    """SIGKILL of berthd while a layer is half downloaded: the partial download stays under ingest/ (never
+    addressable), and the next pull after the restart asks only for the rest of it (Range) and completes."""
+    d = BerthDaemon()
+    d.start()
+    try:
+        d.docker("load", "-i", str(FIXTURES / "multilayer-docker-save.tar"))
+        name = f"{registry.addr}/resume/base:1"
+        d.docker("tag", "berth-fixture/multilayer:1.0", name)
+        d.docker("push", name)
+        d.docker("rmi", "-f", image_id(d, name))
+        d.docker("image", "prune", "-a", "-f")
+        halfway = threading.Event()
+        release = threading.Event()
+        ranges: list[str] = []
+        stalled: list[str] = []
+
+        class Stalling(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                conn = http.client.HTTPConnection(registry.addr, timeout=60)
+                fwd = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, headers=fwd)
+                resp = conn.getresponse()
+                data = resp.read()
+                if self.headers.get("Range"):
+                    ranges.append(f"{self.path} {self.headers['Range']}")
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding"):
+                        self.send_header(k, v)
+                self.end_headers()
+                if self.command == "GET" and "/blobs/" in self.path and len(data) > 2000 and not stalled:
+                    stalled.append(self.path)
+                    self.wfile.write(data[: len(data) // 3])
+                    self.wfile.flush()
+                    halfway.set()
+                    release.wait(60)  # berthd is killed meanwhile
+                    self.close_connection = True
+                    return
+                if self.command == "GET":
+                    self.wfile.write(data)
+
+            do_HEAD = do_GET
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            via = f"127.0.0.1:{server.server_address[1]}/resume/base:1"
+            pull = subprocess.Popen(["docker", "pull", via], env=d.docker_env(), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            try:
+                assert halfway.wait(60)
+                time.sleep(0.5)  # the third that was sent reaches the partial file
+                d.kill()
+            finally:
+                pull.kill()
+                pull.wait()
+            partials = list((d.data_root / "content" / "ingest").glob("*.partial"))
+            assert len(partials) == 1 and partials[0].stat().st_size > 0, partials
+            kept = partials[0].stat().st_size
+            digest = "sha256:" + partials[0].name.split("-", 1)[1].removesuffix(".partial")
+            release.set()
+            d.start()
+            assert d.docker("image", "inspect", via, check=False).returncode != 0  # nothing tagged by the first
+            out = d.docker("pull", via).stdout
+            assert "Downloaded newer image" in out, out
+            assert f"{stalled[0]} bytes={kept}-" in ranges and digest in stalled[0], (ranges, kept, stalled)
+            assert not list((d.data_root / "content" / "ingest").glob("*.partial"))
+            assert d.docker("run", "--rm", via, "true").returncode == 0
+        finally:
+            release.set()
+            server.shutdown()
+            server.server_close()
+    finally:
+        d.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from berth.registry.client.auth import repository_scope
 from berth.registry.client.transport import Transport
 from berth.registry.protocol import Route, path_for
 from berth.snapshots.base import Kind
+
+log = logging.getLogger("berth.registry")
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -310,11 +313,13 @@ class Puller:
         path = path_for(Route.BLOB, name=ref.path, digest=str(desc.digest))
         ident = layer_id(desc)
         size = desc.size
-        offset = 0
         resumes = 0
         last_emit = 0.0
         buf = memoryview(bytearray(_BUF))
-        with self.store.content.writer(desc.digest, size) as writer:
+        # a download that broke off earlier (even with berthd killed mid-pull) continues where it stopped
+        stale = False
+        with self.store.content.resumable_writer(desc.digest, size) as writer:
+            offset = resumed_from = writer.offset
             while True:
                 headers = {"Range": f"bytes={offset}-"} if offset else {}
                 try:
@@ -367,8 +372,15 @@ class Puller:
             try:
                 writer.commit()
             except InvalidArgument as err:
-                raise InvalidArgument(f"filesystem layer verification failed for digest {desc.digest}: {err}") \
-                    from None
+                if not resumed_from:
+                    raise InvalidArgument(f"filesystem layer verification failed for digest {desc.digest}: "
+                                          f"{err}") from None
+                stale = True  # the kept prefix was bad (a machine crash): it is gone now, fetch the whole blob
+        if stale:
+            log.warning("blob %s: the partial download kept from an earlier pull was corrupt; fetching it again",
+                        desc.digest)
+            self._fetch(ref, desc, scopes, announce)
+            return
         if announce:
             self.emit(progress("Download complete", ident))
 

@@ -98,7 +98,11 @@ class Response:
         return data
 
     def readinto(self, buf: memoryview) -> int:
-        return self.raw.readinto(buf)
+        """What has arrived, up to ``len(buf)`` bytes (not a full buffer: what came is written to disk at once, so
+        a download cut off, even by a daemon crash, keeps every byte it got)."""
+        data = self.raw.read1(len(buf))
+        buf[:len(data)] = data
+        return len(data)
 
     def abort(self) -> None:
         """Drop the connection (the body is not wanted or is broken)."""
