@@ -631,7 +631,7 @@ def test_grammar_errors_and_help() -> None:
     res = berth(None, "tag", "only-one")
     assert res.rc == 1 and res.err.startswith("berth: 'berth tag' requires 2 arguments\n\nUsage:  berth tag ")
     res = berth(None, "images", "--bogus")
-    assert res.rc == 125 and res.err.startswith("berth: unknown flag: --bogus")
+    assert res.rc == 125 and res.err.startswith("unknown flag: --bogus\n\nUsage:  berth images")
     res = berth(None, "images", "a", "b")
     assert res.rc == 1 and "'berth images' accepts at most 1 argument" in res.err
     res = berth(None, "--nope")

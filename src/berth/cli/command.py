@@ -120,7 +120,8 @@ class CommandParser(argparse.ArgumentParser):
         self.bool_flags.update(names)
 
     def error(self, message: str) -> NoReturn:
-        raise CliError(f"berth: {message}\n\nUsage:  {self.path} {self.command.usage}\n\n"
+        # docker prints flag errors bare (only argument-count errors carry the program's name)
+        raise CliError(f"{message}\n\nUsage:  {self.path} {self.command.usage}\n\n"
                        f"Run '{self.path} --help' for more information", 125)
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
