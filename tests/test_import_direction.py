@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "berth"
 # bottom to top; the same level may import each other
 LAYERS: dict[str, int] = {
     "errors": 0, "oci": 0, "units": 0,
-    "kernel": 1,
+    "kernel": 1, "httpserver": 1,
     "content": 2, "snapshots": 2, "layers": 2, "metadata": 2,
     "runtime": 2, "network": 2, "volumes": 2,
     "images": 3,
@@ -110,6 +110,16 @@ def violations(src: Path = SRC) -> list[str]:
 def test_no_upward_imports() -> None:
     problems = violations()
     assert not problems, "\n".join(problems)
+
+
+def test_httpserver_needs_only_h11() -> None:
+    """The shared HTTP core sits beside kernel but needs neither it nor anything above: stdlib, h11, errors."""
+    allowed = {"h11", "berth.errors"}
+    extra = [f"{path.name}:{line} imports {module}" for path in _sources(SRC / "httpserver")
+             for line, module in _imports(path)
+             if module.split(".")[0] not in sys.stdlib_module_names and module not in allowed
+             and not module.startswith("berth.httpserver")]
+    assert not extra, extra
 
 
 def test_checker_sees_violations(tmp_path: Path) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import http
 import logging
 import os
 import re
@@ -40,13 +38,23 @@ from berth.api.router import Router
 from berth.engine.services import Engine
 from berth.engine.system import MIN_API_VERSION
 from berth.errors import InvalidArgument
+from berth.httpserver.connection import (
+    NO_BODY_STATUSES,
+    READ_SIZE,
+    ClientGone,
+    ConnectionSet,
+    HttpConnection,
+    HttpDate,
+    RequestBody,
+    encode_head,
+    header_dict,
+    reason,
+)
 
 log = logging.getLogger("berth.api")
 
 _VERSION_PREFIX = re.compile(r"^/v([0-9.]+)(/.*)$")
-_READ_SIZE = 1 << 18
 _MAX_HEADER_BYTES = 1 << 20
-_NO_BODY_STATUSES = frozenset({204, 304})
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -67,74 +75,8 @@ def check_api_version(version: str) -> None:
         )
 
 
-class ClientGone(Exception):
-    """The client closed the connection while a response was in progress."""
-
-
 def _reason(status: int) -> bytes:
-    if status == 101:
-        return b"UPGRADED"  # what dockerd says; the CLI only looks at the code
-    try:
-        return http.HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
-
-
-class _Date:
-    """The ``Date`` header, formatted once per second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = b""
-
-    def now(self) -> bytes:
-        second = int(time.time())
-        if second != self._second:
-            self._second = second
-            self._value = email.utils.formatdate(second, usegmt=True).encode()
-        return self._value
-
-
-class _RequestBody:
-    """``BodySource`` over the connection's h11 state: yields ``Data`` until ``EndOfMessage``."""
-
-    def __init__(self, conn: _Connection) -> None:
-        self._conn = conn
-        self.done = False
-        self._pending: list[bytes] = []
-
-    async def receive(self) -> bytes:
-        if self._pending:
-            return self._pending.pop(0)
-        if self.done:
-            return b""
-        try:
-            event = await self._conn.next_event()
-        except h11.RemoteProtocolError as err:
-            raise ClientGone(f"request body: {err}") from None
-        if isinstance(event, h11.Data):
-            return bytes(event.data)
-        if isinstance(event, h11.EndOfMessage):
-            self.done = True
-            return b""
-        raise ClientGone(f"unexpected {type(event).__name__} in the request body")
-
-    async def drain(self) -> None:
-        while await self.receive():
-            pass
-
-    def poll_done(self) -> bool:
-        """Whether the body is over, learning it without I/O when h11 already has the end (a GET)."""
-        if not self.done and not self._pending and self._conn.h11.their_state is h11.SEND_BODY:
-            try:
-                event = self._conn.h11.next_event()
-            except h11.RemoteProtocolError:
-                return False
-            if isinstance(event, h11.Data):
-                self._pending.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                self.done = True
-        return self.done
+    return b"UPGRADED" if status == 101 else reason(status)  # what dockerd says; the CLI only looks at the code
 
 
 class _RawStream:
@@ -145,7 +87,7 @@ class _RawStream:
         self._writer = writer
         self._initial = initial
 
-    async def read(self, n: int = _READ_SIZE) -> bytes:
+    async def read(self, n: int = READ_SIZE) -> bytes:
         if self._initial:
             data, self._initial = self._initial[:n], self._initial[n:]
             return data
@@ -166,65 +108,20 @@ class _RawStream:
                 self._writer.write_eof()
 
 
-class _Connection:
-    """One client connection: reads requests with h11, dispatches, writes responses."""
+class _Connection(HttpConnection):
+    """One client connection: Docker's headers, the router, streamed responses and hijack."""
+
+    log = log
 
     def __init__(self, server: ApiServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer, max_header_bytes=_MAX_HEADER_BYTES)
         self.server = server
-        self.reader = reader
-        self.writer = writer
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEADER_BYTES)
-        self.peer_closed = False
 
-    async def next_event(self) -> Any:
-        while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            if self.h11.they_are_waiting_for_100_continue:
-                self._write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
-            await self.writer.drain()
-            data = await self.reader.read(_READ_SIZE) if not self.peer_closed else b""
-            if not data:
-                self.peer_closed = True
-            self.h11.receive_data(data)
-
-    def _write(self, data: bytes | None) -> None:
-        if data:
-            self.writer.write(data)
-
-    async def serve(self) -> None:
-        try:
-            while True:
-                try:
-                    event = await self.next_event()
-                except h11.RemoteProtocolError as err:
-                    await self._bad_request(err)
-                    return
-                if not isinstance(event, h11.Request):
-                    return  # ConnectionClosed, or PAUSED after a protocol switch we did not make
-                if not await self._handle(event):
-                    return
-                if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
-                    return
-                self.h11.start_next_cycle()
-        except (ConnectionError, ClientGone, h11.LocalProtocolError) as err:
-            log.debug("connection ended: %s", err)
-        finally:
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
-
-    async def _bad_request(self, err: h11.RemoteProtocolError) -> None:
-        """Answer a request h11 could not parse, written by hand: h11 will not send after a peer error."""
+    def bad_request(self, err: h11.RemoteProtocolError) -> bytes:
         body = json_line({"message": f"bad request: {err}"})
         status = err.error_status_hint
-        lines = [b"HTTP/1.1 %d %s" % (status, _reason(status))]
         extra = {"Content-Length": str(len(body)), "Connection": "close"}
-        lines += [k + b": " + v for k, v in self._headers(extra, JSON)]
-        with contextlib.suppress(ConnectionError):
-            self.writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-            await self.writer.drain()
+        return encode_head(status, _reason(status), self._headers(extra, JSON)) + body
 
     def _headers(self, extra: dict[str, str], content_type: str | None) -> list[tuple[bytes, bytes]]:
         out = [
@@ -239,7 +136,7 @@ class _Connection:
         out += [(k.encode(), v.encode()) for k, v in extra.items()]
         return out
 
-    def _parse(self, event: h11.Request, body: _RequestBody) -> Request:
+    def _parse(self, event: h11.Request, body: RequestBody) -> Request:
         target = bytes(event.target)
         raw_path, _, raw_query = target.partition(b"?")
         path = unquote(raw_path.decode("utf-8", "replace"))
@@ -247,11 +144,7 @@ class _Connection:
         m = _VERSION_PREFIX.match(path)
         if m:
             version, path = m.group(1), m.group(2)
-        headers: dict[str, str] = {}
-        for name, value in event.headers:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        headers = header_dict(event.headers)
         return Request(
             method=event.method.decode("ascii", "replace").upper(),
             path=path,
@@ -262,9 +155,8 @@ class _Connection:
             loop=asyncio.get_running_loop(),
         )
 
-    async def _handle(self, event: h11.Request) -> bool:
-        """Serve one request; returns whether the connection may carry another."""
-        body = _RequestBody(self)
+    async def handle(self, event: h11.Request) -> bool:
+        body = RequestBody(self)
         req = self._parse(event, body)
         started = time.monotonic()
         result: Response | StreamResponse | Hijack
@@ -299,20 +191,14 @@ class _Connection:
         headers = dict(resp.headers)
         content_type = resp.content_type
         payload = resp.body
-        if status in _NO_BODY_STATUSES:
+        if status in NO_BODY_STATUSES:
             payload, content_type = b"", None
         else:
             headers["Content-Length"] = str(len(payload))
-        out = [self.h11.send(h11.Response(status_code=status, headers=self._headers(headers, content_type),
-                                          reason=_reason(status)))]
-        if payload and method != "HEAD":
-            out.append(self.h11.send(h11.Data(data=payload)))
-        out.append(self.h11.send(h11.EndOfMessage()))
-        # one write, so a small response leaves in one segment
-        self.writer.write(b"".join(part for part in out if part))
-        await self.writer.drain()
+        await self.send_fixed(status, self._headers(headers, content_type), payload, with_body=method != "HEAD",
+                              phrase=_reason(status))
 
-    async def _send_stream(self, req: Request, resp: StreamResponse, body: _RequestBody) -> int:
+    async def _send_stream(self, req: Request, resp: StreamResponse, body: RequestBody) -> int:
         chunks = resp.chunks
         first: bytes | None = None
         ended = False
@@ -328,16 +214,14 @@ class _Connection:
                     err_resp = error_response(err)
                     await self._send_fixed(req.method, err_resp)
                     return err_resp.status
-            head = h11.Response(status_code=resp.status, headers=self._headers(resp.headers, resp.content_type),
-                                reason=_reason(resp.status))
-            self._write(self.h11.send(head))
-            no_body = req.method == "HEAD" or resp.status in _NO_BODY_STATUSES
+            self.start_response(resp.status, self._headers(resp.headers, resp.content_type), _reason(resp.status))
+            no_body = req.method == "HEAD" or resp.status in NO_BODY_STATUSES
             if first and not no_body:
-                self._write(self.h11.send(h11.Data(data=first)))
+                self.send_data(first)
             await self.writer.drain()
             if not ended:
                 await self._pump(chunks, resp, body, no_body)
-            self._write(self.h11.send(h11.EndOfMessage()))
+            self.end_response()
             await self.writer.drain()
             return resp.status
         finally:
@@ -346,7 +230,7 @@ class _Connection:
                 with contextlib.suppress(Exception):
                     await aclose()
 
-    async def _pump(self, chunks: AsyncIterator[bytes], resp: StreamResponse, body: _RequestBody,
+    async def _pump(self, chunks: AsyncIterator[bytes], resp: StreamResponse, body: RequestBody,
                     no_body: bool) -> None:
         """Copy chunks to the client until the iterator ends, the client leaves, or the iterator fails."""
         watcher: asyncio.Task[None] | None = None
@@ -354,7 +238,7 @@ class _Connection:
         try:
             while True:
                 if watcher is None and body.poll_done():
-                    watcher = asyncio.create_task(self._watch_disconnect())
+                    watcher = asyncio.create_task(self.wait_peer_closed())
                 step = asyncio.ensure_future(anext(chunks))
                 waiting: set[asyncio.Future[Any]] = {step}
                 if watcher is not None:
@@ -376,10 +260,10 @@ class _Connection:
                         raise ClientGone(f"stream aborted: {message}") from err
                     if not no_body:
                         line = json_line({"errorDetail": {"message": message}, "error": message})
-                        self._write(self.h11.send(h11.Data(data=line)))
+                        self.send_data(line)
                     return
                 if chunk and not no_body:
-                    self._write(self.h11.send(h11.Data(data=chunk)))
+                    self.send_data(chunk)
                     await self.writer.drain()
         finally:
             # the producer must be stopped before the caller closes the iterator
@@ -389,29 +273,15 @@ class _Connection:
                     with contextlib.suppress(BaseException):
                         await task
 
-    async def _watch_disconnect(self) -> None:
-        """Returns when the client hangs up; keeps any pipelined bytes for h11."""
-        while not self.peer_closed:
-            try:
-                data = await self.reader.read(_READ_SIZE)
-            except ConnectionError:
-                data = b""
-            if not data:
-                self.peer_closed = True
-                return
-            self.h11.receive_data(data)
-
     async def _hijack(self, req: Request, hijack: Hijack) -> None:
         upgrade = "upgrade" in req.headers.get("connection", "").lower() and "upgrade" in req.headers
         status = 101 if upgrade else 200
-        lines = [b"HTTP/1.1 %d %s" % (status, _reason(status))]
         extra = dict(hijack.headers)
         if upgrade:
             extra.setdefault("Connection", "Upgrade")
             extra.setdefault("Upgrade", "tcp")
-        lines += [k + b": " + v for k, v in self._headers(extra, hijack.content_type)]
         # the header block goes out alone: docker-py drops stream bytes that share its read (engine-api §0.3)
-        self.writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        self.writer.write(encode_head(status, _reason(status), self._headers(extra, hijack.content_type)))
         await self.writer.drain()
         if hijack.settle_s > 0:
             await asyncio.sleep(hijack.settle_s)
@@ -432,10 +302,10 @@ class ApiServer:
         self.router = router
         self.engine = engine
         self.server_header = f"berth/{berth.__version__} (linux)".encode()
-        self.date = _Date()
+        self.date = HttpDate()
         self._servers: list[asyncio.AbstractServer] = []
         self._paths: list[Path] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections = ConnectionSet(lambda reader, writer: _Connection(self, reader, writer))
 
     async def listen(self, path: str | Path, mode: int = 0o660) -> None:
         """Bind ``path`` (replacing a stale socket file) with ``mode`` set before anyone can connect."""
@@ -453,22 +323,9 @@ class ApiServer:
         except BaseException:
             sock.close()
             raise
-        server = await asyncio.start_unix_server(self._accept, sock=sock, limit=_READ_SIZE)
+        server = await asyncio.start_unix_server(self._connections.accept, sock=sock, limit=READ_SIZE)
         self._servers.append(server)
         self._paths.append(path)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await _Connection(self, reader, writer).serve()
-        except asyncio.CancelledError:
-            # shutdown cancels connections; the task is the top of its stack, and asyncio 3.11 logs a
-            # cancelled connection callback as an error
-            pass
-        finally:
-            self._tasks.discard(task)
 
     async def close(self, grace: float = 2.0) -> None:
         """Stop accepting, end every open connection (streams included), remove the socket files."""
@@ -477,15 +334,11 @@ class ApiServer:
         for path in self._paths:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
+        await self._connections.close(grace)
         self._servers.clear()
         self._paths.clear()
 
     @property
     def connections(self) -> int:
-        return len(self._tasks)
+        return len(self._connections)
 

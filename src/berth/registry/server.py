@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import email.utils
-import http
 import json
 import logging
 import re
@@ -34,6 +32,17 @@ from urllib.parse import parse_qs, unquote
 import h11
 
 from berth.errors import BerthError, Conflict, Forbidden, InvalidArgument, NotFound
+from berth.httpserver.connection import (
+    NO_BODY_STATUSES,
+    READ_SIZE,
+    ConnectionSet,
+    HttpConnection,
+    HttpDate,
+    RequestBody,
+    encode_head,
+    header_dict,
+    reason,
+)
 from berth.oci import media
 from berth.oci.digest import Digest
 from berth.registry import protocol
@@ -65,7 +74,6 @@ log = logging.getLogger("berth.registry")
 
 T = TypeVar("T")
 
-_READ_SIZE = 1 << 18
 _SEND_CHUNK = 1 << 20
 _MAX_HEADER_BYTES = 64 * 1024
 _DRAIN_LIMIT = 16 << 20  # unread request body we swallow to keep the connection; past it we close
@@ -118,20 +126,15 @@ def _error_reply(err: RegistryError) -> Reply:
 class _Request:
     """A parsed request whose body is read on demand from the connection."""
 
-    def __init__(self, conn: _Connection, event: h11.Request, peer: str) -> None:
+    def __init__(self, conn: _Connection, event: h11.Request) -> None:
         target = bytes(event.target).decode("latin-1")
         raw_path, _, raw_query = target.partition("?")
         self.method = event.method.decode("ascii", "replace").upper()
         self.path = unquote(raw_path)
         self.query = parse_qs(raw_query, keep_blank_values=True)
-        self.headers: dict[str, str] = {}
-        for name, value in event.headers:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
-        self.peer = peer
-        self._conn = conn
-        self.done = False
+        self.headers = header_dict(event.headers)
+        self.peer = conn.peer
+        self.source = RequestBody(conn)
 
     def q(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -139,134 +142,55 @@ class _Request:
 
     async def receive(self) -> bytes:
         """The next piece of the body, ``b""`` at its end."""
-        if self.done:
-            return b""
-        event = await self._conn.next_event()
-        if isinstance(event, h11.Data):
-            return bytes(event.data)
-        if isinstance(event, h11.EndOfMessage):
-            self.done = True
-            return b""
-        raise ConnectionError(f"unexpected {type(event).__name__} in a request body")
+        return await self.source.receive()
 
     async def body(self, limit: int) -> bytes | None:
         """The whole body, or None once it exceeds ``limit`` bytes."""
-        parts: list[bytes] = []
-        size = 0
-        while chunk := await self.receive():
-            size += len(chunk)
-            if size > limit:
-                return None
-            parts.append(chunk)
-        return b"".join(parts)
-
-    async def drain(self, limit: int) -> bool:
-        """Read and drop the rest of the body; False when it went past ``limit`` (then close the connection)."""
-        seen = 0
-        while chunk := await self.receive():
-            seen += len(chunk)
-            if seen > limit:
-                return False
-        return True
+        return await self.source.read(limit)
 
 
-class _Connection:
-    """One client connection: h11 in, replies out, keep-alive."""
+class _Connection(HttpConnection):
+    """One client connection: a request in, the server's reply out."""
+
+    log = log
 
     def __init__(self, server: RegistryServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer, max_header_bytes=_MAX_HEADER_BYTES,
+                         idle_timeout_s=server.config.idle_timeout_s)
         self.server = server
-        self.reader = reader
-        self.writer = writer
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEADER_BYTES)
-        peer = writer.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else "local"
 
-    async def next_event(self) -> Any:
-        while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            if self.h11.they_are_waiting_for_100_continue:
-                self.writer.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
-            await self.writer.drain()
-            try:
-                data = await asyncio.wait_for(self.reader.read(_READ_SIZE), self.server.config.idle_timeout_s)
-            except TimeoutError:
-                raise ConnectionError("client idle too long") from None
-            self.h11.receive_data(data)
-
-    async def serve(self) -> None:
-        try:
-            while True:
-                try:
-                    event = await self.next_event()
-                except h11.RemoteProtocolError as err:
-                    await self._raw_error(err.error_status_hint, str(err))
-                    return
-                if not isinstance(event, h11.Request):
-                    return
-                req = _Request(self, event, self.peer)
-                reply = await self.server.dispatch(req)
-                keep = await self._send(req, reply)
-                if not keep or (not req.done and not await req.drain(_DRAIN_LIMIT)):
-                    return
-                if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
-                    return
-                self.h11.start_next_cycle()
-        except (ConnectionError, h11.LocalProtocolError, h11.RemoteProtocolError) as err:
-            log.debug("connection from %s ended: %s", self.peer, err)
-        finally:
-            self.writer.close()
-            with contextlib.suppress(Exception):
-                await self.writer.wait_closed()
+    async def handle(self, event: h11.Request) -> bool:
+        req = _Request(self, event)
+        reply = await self.server.dispatch(req)
+        keep = await self._send(req, reply)
+        return keep and (req.source.done or await req.source.drain(_DRAIN_LIMIT))
 
     def _headers(self, reply: Reply, length: int | None) -> list[tuple[str, str]]:
         out = [(protocol.API_VERSION_HEADER, protocol.API_VERSION),
-               ("Date", email.utils.formatdate(usegmt=True)),
+               ("Date", self.server.date.now().decode()),
                ("X-Content-Type-Options", "nosniff")]
         out += list(reply.headers.items())
-        if length is not None and reply.status not in (204, 304):
+        if length is not None and reply.status not in NO_BODY_STATUSES:
             out.append(("Content-Length", str(length)))
         return out
 
     async def _send(self, req: _Request, reply: Reply) -> bool:
         """Send ``reply``; returns whether the connection may carry another request."""
-        length = reply.length if reply.stream is not None else len(reply.body)
-        head = h11.Response(status_code=reply.status, headers=self._headers(reply, length),
-                            reason=_reason(reply.status))
-        try:
-            self.writer.write(self.h11.send(head) or b"")
-            if req.method != "HEAD" and reply.status not in (204, 304):
-                if reply.stream is not None:
-                    async for chunk in reply.stream:
-                        self.writer.write(self.h11.send(h11.Data(data=chunk)) or b"")
-                        await self.writer.drain()
-                elif reply.body:
-                    self.writer.write(self.h11.send(h11.Data(data=reply.body)) or b"")
-            self.writer.write(self.h11.send(h11.EndOfMessage()) or b"")
-            await self.writer.drain()
-        finally:
-            if reply.stream is not None:
-                aclose = getattr(reply.stream, "aclose", None)
-                if aclose is not None:
-                    with contextlib.suppress(Exception):
-                        await aclose()
+        with_body = req.method != "HEAD" and reply.status not in NO_BODY_STATUSES
+        if reply.stream is None:
+            await self.send_fixed(reply.status, self._headers(reply, len(reply.body)), reply.body,
+                                  with_body=with_body)
+        else:
+            self.start_response(reply.status, self._headers(reply, reply.length))
+            await self.send_stream(reply.stream, with_body=with_body)
         return self.h11.our_state is h11.DONE
 
-    async def _raw_error(self, status: int, message: str) -> None:
-        body = protocol.error_body([RegistryError(ErrorCode.UNKNOWN, f"bad request: {message}", status=status)])
-        head = (f"HTTP/1.1 {status} {_reason(status).decode()}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
-        with contextlib.suppress(ConnectionError):
-            self.writer.write(head + body)
-            await self.writer.drain()
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return http.HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
+    def bad_request(self, err: h11.RemoteProtocolError) -> bytes:
+        status = err.error_status_hint
+        body = protocol.error_body([RegistryError(ErrorCode.UNKNOWN, f"bad request: {err}", status=status)])
+        headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode()),
+                   (b"Connection", b"close")]
+        return encode_head(status, reason(status), headers) + body
 
 
 def _content_type(req: _Request) -> str:
@@ -323,13 +247,15 @@ class RegistryServer:
         self.token_server = token_server
         self.config = config or ServerConfig()
         self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._connections = ConnectionSet(lambda reader, writer: _Connection(self, reader, writer))
+        self.date = HttpDate()
         self._upload_locks: dict[str, asyncio.Lock] = {}
         self._purger: asyncio.Task[None] | None = None
         self.address: tuple[str, int] = ("", 0)
 
     async def start(self, host: str = "127.0.0.1", port: int = 5000) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._accept, host, port, limit=_READ_SIZE, reuse_address=True)
+        self._server = await asyncio.start_server(self._connections.accept, host, port, limit=READ_SIZE,
+                                                  reuse_address=True)
         sock = self._server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))
         self._purger = asyncio.create_task(self._purge_loop())
@@ -340,24 +266,10 @@ class RegistryServer:
             self._purger.cancel()
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
+        await self._connections.close(grace=2)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await _Connection(self, reader, writer).serve()
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._tasks.discard(task)
 
     async def _purge_loop(self) -> None:
         period = min(max(self.config.upload_ttl_s / 2, 0.5), 60.0)
