@@ -57,6 +57,27 @@ def _mentions(prefix: str) -> list[str]:
     return [ln for ln in (saved + ruleset).splitlines() if prefix in ln]
 
 
+def _tables() -> set[str]:
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False).stdout
+    return {line.strip() for line in out.splitlines() if line.startswith("table ")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_new_empty_tables() -> Iterator[None]:
+    """The host's iptables (nf_tables flavour) makes its ``ip nat``/``ip filter`` tables on first use and leaves
+    them; the ones this module's runs made go again once empty (as the bench's dockerd clean-up does)."""
+    before = _tables()
+    yield
+    for table in _tables() - before:
+        family, name = table.split()[1:3]
+        listing = subprocess.run(["nft", "list", "table", family, name], capture_output=True, text=True,
+                                 check=False).stdout
+        rules = [ln for ln in listing.splitlines() if ln.strip() and not ln.strip().startswith(
+            ("table", "chain", "type", "}"))]
+        if family in ("ip", "ip6") and name in ("filter", "nat", "mangle", "raw") and not rules:
+            subprocess.run(["nft", "delete", "table", family, name], capture_output=True, check=False)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     b = make_backend(str(request.param), _prefix())
