@@ -1274,22 +1274,6 @@ def _quoted(name: str) -> str:
     return quote_name(name)
 
 
-def _show_inspected(ctx: Context, found: list[Any], template: str) -> None:
-    from berth.cli.render import indent_json
-
-    if template in ("", "json"):
-        ctx.out(indent_json(found) + "\n")
-        return
-    from berth.cli.template import Template, TemplateError
-
-    try:
-        parsed = Template(template.replace("\\t", "\t").replace("\\n", "\n"))
-        for item in found:
-            ctx.out(parsed.execute(item) + "\n")
-    except TemplateError as err:
-        raise CliError(str(err)) from None
-
-
 def _lookup(client: Client, kinds: Sequence[str], name: str, size: bool) -> Any:
     """The first object type that knows ``name`` (docker's type-agnostic inspect); None when none does."""
     from berth.errors import InvalidArgument, NotFound
@@ -1326,10 +1310,12 @@ def _inspect(ctx: Context, ns: argparse.Namespace) -> int:
             errors.append(f"Error: No such object: {name}")
         else:
             found.append(item)
+    from berth.cli.objects import show_inspected
+
     if not found and ns.format not in ("", "json"):
         ctx.out("\n")  # docker's template writer still ends its (empty) output with a newline
     else:
-        _show_inspected(ctx, found, ns.format)
+        show_inspected(ctx, found, ns.format)
     if errors:
         raise CliError("\n".join(errors))
     return 0
