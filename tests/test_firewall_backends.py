@@ -13,6 +13,7 @@ import os
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +214,14 @@ def test_published_ports_isolation_and_cleanup(fwd: BerthDaemon) -> None:
         d.docker("network", "rm", "fb-a", "fb-b", "fb-int", check=False)
     # the daemon's last network went: no rule, chain or table of its prefix is left
     until(lambda: _mentions(prefix) == [])
+
+
+def test_ipv4_forwarding_is_turned_on_once(tmp_path: Path) -> None:
+    """Like dockerd, berth turns the host's net.ipv4.ip_forward on for its NAT (checked on a stand-in file: the
+    real one is on here already, and a test must not turn it off on a shared machine)."""
+    from berth.kernel.netlink import ensure_ipv4_forwarding
+
+    knob = tmp_path / "ip_forward"
+    knob.write_text("0\n")
+    assert ensure_ipv4_forwarding(str(knob)) is True and knob.read_text() == "1"
+    assert ensure_ipv4_forwarding(str(knob)) is False

@@ -161,6 +161,17 @@ def set_interface_sysctl(family: str, name: str, key: str, value: str) -> None:
         f.write(value)
 
 
+def ensure_ipv4_forwarding(path: str = "/proc/sys/net/ipv4/ip_forward") -> bool:
+    """``net.ipv4.ip_forward = 1`` (host-wide, as dockerd sets it): containers' traffic out of their bridge is
+    routed by the host. True when it was off and is now on."""
+    with open(path, encoding="ascii") as f:
+        if f.read().strip() == "1":
+            return False
+    with open(path, "w", encoding="ascii") as f:
+        f.write("1")
+    return True
+
+
 def set_bridge_port(name: str, key: str, value: str) -> None:
     """A bridge port attribute from sysfs (``hairpin_mode`` ...)."""
     if "/" in name or "/" in key:

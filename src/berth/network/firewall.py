@@ -21,6 +21,7 @@ when the ``nft`` binary works, else iptables). With no network and no port left,
 from __future__ import annotations
 
 import ipaddress
+import logging
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -28,6 +29,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from berth.errors import InternalError
+from berth.kernel.netlink import ensure_ipv4_forwarding
+
+log = logging.getLogger("berth.network")
 
 NFT = "nft"
 LOCAL_ANY = ("", "0.0.0.0")
@@ -217,6 +221,8 @@ class Firewall:
             if script == self._applied:
                 return False
             if script:
+                if any(not n.internal for n in networks) and _forwarding_on():
+                    log.info("net.ipv4.ip_forward was 0: set to 1 (containers' NAT needs the host to route)")
                 self.backend.load(script)
             else:  # nothing left to program: no empty table or chain stays behind either
                 self.backend.remove()
@@ -228,3 +234,12 @@ class Firewall:
         with self._lock:
             self._applied = None
             self.backend.remove()
+
+
+def _forwarding_on() -> bool:
+    """Turn the host's IPv4 forwarding on where it is off (True then); a host that refuses keeps its setting."""
+    try:
+        return ensure_ipv4_forwarding()
+    except OSError as e:
+        log.warning("cannot enable net.ipv4.ip_forward (%s): containers reach no other network", e)
+        return False
