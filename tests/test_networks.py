@@ -357,3 +357,13 @@ def test_berth_cli_network_commands(daemon: Any) -> None:
     finally:
         daemon.docker("rm", "-f", "nb-clic", check=False)
         daemon.docker("network", "rm", "nb-cli", check=False)
+
+
+def test_a_host_interface_is_never_taken_as_a_network_bridge(daemon: Any) -> None:
+    """`-o com.docker.network.bridge.name=` naming an interface the host has (lo here) is refused: berth would
+    otherwise address it and delete it at `network rm`."""
+    res = daemon.docker("network", "create", "-o", "com.docker.network.bridge.name=lo", "takes-lo", check=False)
+    assert res.returncode != 0 and "the host already has an interface of that name" in res.stderr, res
+    assert "takes-lo" not in daemon.docker("network", "ls", "--format", "{{.Name}}").stdout
+    lo = subprocess.run(["ip", "-o", "-4", "addr", "show", "lo"], capture_output=True, text=True, check=True).stdout
+    assert lo.count("inet ") == 1  # nothing added to it

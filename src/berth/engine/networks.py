@@ -453,6 +453,10 @@ class NetworkService:
             others = [self._pool(d).subnet for d in self.db.all() if d["IPAM"]["Config"]]
             if any(d.get(PRIVATE) == bridge for d in self.db.all()):
                 raise Conflict(f"bridge name {bridge} is already used by another network")
+            # a named bridge is berth's to create and to delete at `network rm`: never an interface of the host's
+            if BRIDGE_NAME_OPT in options and self.driver.link_exists(bridge):
+                raise Conflict(f"cannot use {bridge} as the network's bridge: the host already has an interface "
+                               "of that name")
             if v4 and v4[0].get("Subnet"):
                 pool = ipam.parse_pool(str(v4[0]["Subnet"]), str(v4[0].get("Gateway") or ""),
                                        str(v4[0].get("IPRange") or ""))

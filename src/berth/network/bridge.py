@@ -82,6 +82,10 @@ class BridgeDriver:
         # published ports answer on 127.0.0.1: the kernel must route a loopback source out of the bridge
         netlink.set_interface_sysctl("ipv4", name, "route_localnet", "1")
 
+    def link_exists(self, name: str) -> bool:
+        """Whether the host has an interface of that name (of any kind)."""
+        return self.host.index(name) is not None
+
     def remove_bridge(self, name: str) -> None:
         self.host.delete_link(name)
 
