@@ -423,3 +423,29 @@ def test_copy_view_shares_parent_tree(area: Path, mnt: Mounter) -> None:
         assert s.usage("v") == 0
     finally:
         s.close()
+
+
+@pytest.mark.root
+def test_remove_at_never_enters_a_mounted_filesystem(tmp_path: Path) -> None:
+    """A tree being removed with something mounted inside (a volume, a tmpfs): the mount's content stays, EXDEV."""
+    import errno
+    import os
+    import subprocess
+
+    from berth.kernel import fsops
+
+    inner = tmp_path / "tree" / "sub" / "mnt"
+    inner.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(inner)], check=True)
+    try:
+        (inner / "precious").write_text("keep me")
+        (tmp_path / "tree" / "other").write_text("x")
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(OSError) as info:
+                fsops.remove_at(fd, "tree")
+        finally:
+            os.close(fd)
+        assert info.value.errno == errno.EXDEV and (inner / "precious").read_text() == "keep me"
+    finally:
+        subprocess.run(["umount", str(inner)], check=True)

@@ -227,7 +227,8 @@ def listdir_at(dir_fd: int, name: str = ".") -> list[str]:
 
 
 def remove_at(dir_fd: int, name: str) -> None:
-    """Remove ``name`` (recursively for directories) without following any symlink; absent is fine."""
+    """Remove ``name`` (recursively for directories) without following any symlink; absent is fine. Never goes
+    into another filesystem mounted inside the tree (EXDEV instead: whatever is mounted there is not ours)."""
     st = lstat_at(dir_fd, name)
     if st is None:
         return
@@ -237,6 +238,7 @@ def remove_at(dir_fd: int, name: str) -> None:
     # Iterative post-order walk: one fd per level, so depth is bounded by the fd limit, not the stack.
     stack: list[tuple[int, str, Iterator[os.DirEntry[str]]]] = []
     top = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    device = os.fstat(top).st_dev
     stack.append((top, name, os.scandir(top)))
     try:
         while stack:
@@ -249,6 +251,9 @@ def remove_at(dir_fd: int, name: str) -> None:
                 os.rmdir(dname, dir_fd=stack[-1][0] if stack else dir_fd)
             elif entry.is_dir(follow_symlinks=False):
                 sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                if os.fstat(sub).st_dev != device:
+                    os.close(sub)
+                    raise OSError(errno.EXDEV, f"a filesystem is mounted at {entry.path}: not removing it")
                 stack.append((sub, entry.name, os.scandir(sub)))
             else:
                 os.unlink(entry.name, dir_fd=fd)
