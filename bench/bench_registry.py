@@ -23,10 +23,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,52 +31,21 @@ from pathlib import Path
 from harness import CACHE, TMP, Daemon, Harness, HarnessError
 from make_image import TAG, make
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from berth.testing.servers import ServerProcess, distribution
+
 REGISTRY_BIN = os.environ.get("BERTH_BENCH_REGISTRY", "/usr/bin/docker-registry")
 REPO_PATH = "bench/python"
 STEPS = ("push-cold", "push-warm", "pull")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Registry:
-    """One docker-registry process on 127.0.0.1 with its storage under ``base`` (removed by ``stop``)."""
-
-    def __init__(self, base: Path) -> None:
-        base.mkdir(parents=True)
-        self.base = base
-        self.addr = f"127.0.0.1:{_free_port()}"
-        (base / "config.yml").write_text(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n"
-            f"    rootdirectory: {base / 'data'}\nhttp:\n  addr: {self.addr}\n")
-        with open(base / "registry.log", "wb") as log:
-            self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(base / "config.yml")], stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        host, port = self.addr.split(":")
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection((host, int(port)), timeout=0.5):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise HarnessError("docker-registry did not start:\n" +
-                                       (base / "registry.log").read_text(errors="replace")) from None
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        shutil.rmtree(self.base, ignore_errors=True)
+def _registry(base: Path) -> ServerProcess:
+    """One docker-registry on 127.0.0.1 with its storage under ``base`` (a fresh directory)."""
+    base.mkdir(parents=True)
+    try:
+        return distribution(base, log_level="error", binary=REGISTRY_BIN)
+    except RuntimeError as e:
+        raise HarnessError(str(e)) from None
 
 
 def _timed(daemon: Daemon, *args: str) -> float:
@@ -100,8 +66,9 @@ class Rep:
 
     def __init__(self, daemon: Daemon, base: Path) -> None:
         self.daemon = daemon
-        self.first = Registry(base / "first")
-        self.second = Registry(base / "second")
+        self.base = base
+        self.first = _registry(base / "first")
+        self.second = _registry(base / "second")
         self.name = f"{self.first.addr}/{REPO_PATH}:3.11"
         self.loaded = ""
         self.times: dict[str, float] = {}
@@ -130,6 +97,7 @@ class Rep:
     def close(self) -> None:
         self.first.stop()
         self.second.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 def _archive(source: str, rebuild: bool) -> Path:

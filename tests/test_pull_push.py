@@ -31,23 +31,17 @@ from berth.errors import Unauthorized
 from berth.registry.client.auth import Credentials, InsecurePolicy, merge_scopes, parse_challenges
 from berth.registry.client.push import gzip_parallel
 from berth.registry.client.transport import Transport
-from berth.testing.daemon import BerthDaemon
+from berth.testing.daemon import BerthDaemon, running
+from berth.testing.rootfs import FIXTURES
+from berth.testing.servers import DISTRIBUTION, ServerProcess, distribution
+from berth.testing.waiting import free_port
 
-FIXTURES = Path("/work/shared/fixtures")
-if not FIXTURES.exists():
-    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-REGISTRY_BIN = "/usr/bin/docker-registry"
+REGISTRY_BIN = DISTRIBUTION
 SKOPEO = "/usr/bin/skopeo"
 MULTILAYER_ID = None  # filled from the loaded image
 
 needs_registry = pytest.mark.skipif(not os.path.exists(REGISTRY_BIN),
                                     reason="Debian's docker-registry is not installed (apt docker-registry)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bcrypt_hash(password: str) -> str:
@@ -57,61 +51,30 @@ def bcrypt_hash(password: str) -> str:
     return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
 
 
-class Registry:
-    """One docker-registry process on 127.0.0.1 with its storage under a test directory."""
+Registry = ServerProcess
 
-    def __init__(self, base: Path, htpasswd: dict[str, str] | None = None) -> None:
-        self.base = base
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        base.mkdir(parents=True, exist_ok=True)
-        auth = ""
-        if htpasswd:
-            (base / "htpasswd").write_text("".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in htpasswd.items()))
-            auth = f"auth:\n  htpasswd:\n    realm: berth-test\n    path: {base / 'htpasswd'}\n"
-        (base / "config.yml").write_text(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-            f"    rootdirectory: {base / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.addr}\n" + auth)
-        self.log = open(base / "registry.log", "wb")  # noqa: SIM115 - closed in stop
-        self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(base / "config.yml")], stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("docker-registry did not start:\n" +
-                                       (base / "registry.log").read_text()) from None
-                time.sleep(0.05)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
+def start_registry(base: Path, htpasswd: dict[str, str] | None = None) -> Registry:
+    """Debian's docker-registry on a free loopback port, storage under ``base``, with htpasswd users if given."""
+    base.mkdir(parents=True, exist_ok=True)
+    users = None
+    if htpasswd:
+        users = base / "htpasswd"
+        users.write_text("".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in htpasswd.items()))
+    return distribution(base, htpasswd=users)
 
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[BerthDaemon]:
-    d = BerthDaemon()
-    try:
-        yield d.start()
-    finally:
-        d.stop()
+    with running(BerthDaemon()) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     if not os.path.exists(REGISTRY_BIN):
         pytest.skip("Debian's docker-registry is not installed")
-    reg = Registry(tmp_path_factory.mktemp("registry"))
+    reg = start_registry(tmp_path_factory.mktemp("registry"))
     try:
         yield reg
     finally:
@@ -264,7 +227,7 @@ def test_pull_of_oci_fixture_pushed_by_skopeo(daemon: BerthDaemon, registry: Reg
 @pytest.mark.root
 @needs_registry
 def test_login_logout_with_htpasswd(daemon: BerthDaemon, tmp_path: Path, loaded: str) -> None:
-    reg = Registry(tmp_path / "auth-registry", htpasswd={"alice": "s3cret"})
+    reg = start_registry(tmp_path / "auth-registry", htpasswd={"alice": "s3cret"})
     try:
         name = f"{reg.addr}/private/img:1"
         daemon.docker("tag", "berth-fixture/multilayer:1.0", name)
@@ -623,7 +586,7 @@ def test_registry_tools_present_note() -> None:
 @pytest.mark.root
 @needs_registry
 def test_berth_cli_login_push_pull_logout(daemon: BerthDaemon, tmp_path: Path, loaded: str) -> None:
-    reg = Registry(tmp_path / "cli-registry", htpasswd={"carol": "pw"})
+    reg = start_registry(tmp_path / "cli-registry", htpasswd={"carol": "pw"})
     env = {**os.environ, "BERTH_HOST": daemon.host, "DOCKER_CONFIG": str(tmp_path / "cfg")}
     berth = [sys.executable, "-c", "import sys; from berth.cli.main import main; sys.exit(main())"]
 

@@ -13,10 +13,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -30,20 +26,15 @@ from berth.errors import Conflict, InvalidArgument, NotFound
 from berth.oci.digest import Digest
 from berth.registry.server import RegistryServer, RunningRegistry, ServerConfig
 from berth.registry.storage import FilesystemDriver, MemoryDriver, StorageDriver
+from berth.testing import servers
 
-DISTRIBUTION = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+DISTRIBUTION = servers.DISTRIBUTION
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 EMPTY_SHA256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _digest(data: bytes) -> str:
@@ -108,36 +99,13 @@ def _error_code(resp: requests.Response) -> str:
 
 @contextlib.contextmanager
 def _distribution(tmp: Path) -> Iterator[str]:
-    """Debian's docker-registry on a free loopback port, storage under ``tmp``; killed by PID at the end."""
-    port = _free_port()
-    config = tmp / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp / 'data'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    url = f"http://127.0.0.1:{port}"
-    with open(tmp / "registry.log", "wb") as log:
-        proc = subprocess.Popen([DISTRIBUTION, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if requests.get(url + "/v2/", timeout=1).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"docker-registry did not start: {(tmp / 'registry.log').read_text()[-2000:]}")
-                time.sleep(0.05)
-            yield url
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """Debian's docker-registry on a free loopback port, storage under ``tmp``; stopped by PID at the end."""
+    with servers.distribution(tmp) as reg:
+        deadline = time.monotonic() + 20
+        while requests.get(reg.url + "/v2/", timeout=2).status_code != 200:  # listening is not serving yet
+            assert time.monotonic() < deadline, "docker-registry does not answer /v2/"
+            time.sleep(0.05)
+        yield reg.url
 
 
 @pytest.fixture(scope="module", params=["berth-fs", "berth-memory", "distribution"])

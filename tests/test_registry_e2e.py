@@ -14,8 +14,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -31,53 +29,13 @@ import requests
 from berth.errors import InvalidArgument
 from berth.layers.compression import open_decompressed
 from berth.oci.digest import Digest
-from berth.testing.daemon import BerthDaemon
+from berth.testing.daemon import BerthDaemon, running
+from berth.testing.rootfs import FIXTURES
+from berth.testing.servers import berth_registry
 
-FIXTURES = Path("/work/shared/fixtures")
 BERTH = Path(sys.executable).parent / "berth"
 SKOPEO = shutil.which("skopeo")
 
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class BerthRegistry:
-    """``berth registry serve`` on 127.0.0.1:<free port> with a filesystem root under ``base``."""
-
-    def __init__(self, base: Path, *flags: str) -> None:
-        base.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.url = f"http://{self.addr}"
-        self.log = open(base / "registry.log", "wb")  # noqa: SIM115 - closed in stop
-        self.proc = subprocess.Popen([str(BERTH), "registry", "serve", "--addr", self.addr, "--root",
-                                      str(base / "root"), *flags],
-                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self._logpath = base / "registry.log"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                requests.get(self.url + "/v2/", timeout=1)
-                return
-            except requests.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("berth registry did not start:\n" + self._logpath.read_text()) from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
 
 
 def _htpasswd(path: Path, users: dict[str, str]) -> Path:
@@ -88,11 +46,8 @@ def _htpasswd(path: Path, users: dict[str, str]) -> Path:
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[BerthDaemon]:
-    d = BerthDaemon()
-    try:
-        yield d.start()
-    finally:
-        d.stop()
+    with running(BerthDaemon()) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +82,7 @@ def _round_trip(daemon: BerthDaemon, loaded: str, name: str) -> None:
 @pytest.mark.root
 @pytest.mark.docker_cli
 def test_anonymous_push_pull_and_catalog(daemon: BerthDaemon, loaded: str, tmp_path: Path) -> None:
-    reg = BerthRegistry(tmp_path / "anon")
+    reg = berth_registry(BERTH, tmp_path / "anon")
     try:
         _round_trip(daemon, loaded, f"{reg.addr}/team/app:1.0")
         name2 = f"{reg.addr}/other:2"
@@ -147,7 +102,7 @@ def test_anonymous_push_pull_and_catalog(daemon: BerthDaemon, loaded: str, tmp_p
 def test_htpasswd_login_push_pull(daemon: BerthDaemon, loaded: str, tmp_path: Path) -> None:
     base = tmp_path / "basic"
     base.mkdir()
-    reg = BerthRegistry(base, "--htpasswd", str(_htpasswd(base / "htpasswd", {"alice": "s3cret"})))
+    reg = berth_registry(BERTH, base, "--htpasswd", str(_htpasswd(base / "htpasswd", {"alice": "s3cret"})))
     try:
         name = f"{reg.addr}/private/app:1"
         daemon.docker("tag", "berth-fixture/multilayer:1.0", name)
@@ -176,7 +131,7 @@ def test_htpasswd_login_push_pull(daemon: BerthDaemon, loaded: str, tmp_path: Pa
 def test_token_server_login_push_pull(daemon: BerthDaemon, loaded: str, tmp_path: Path) -> None:
     base = tmp_path / "token"
     base.mkdir()
-    reg = BerthRegistry(base, "--token", "--htpasswd", str(_htpasswd(base / "htpasswd", {"bob": "hunter2"})))
+    reg = berth_registry(BERTH, base, "--token", "--htpasswd", str(_htpasswd(base / "htpasswd", {"bob": "hunter2"})))
     try:
         name = f"{reg.addr}/tok/app:1"
         challenge = requests.get(reg.url + "/v2/", timeout=10)
@@ -199,7 +154,7 @@ def test_token_server_login_push_pull(daemon: BerthDaemon, loaded: str, tmp_path
 @pytest.mark.docker_cli
 @pytest.mark.skipif(SKOPEO is None, reason="skopeo is not installed (apt-get install skopeo)")
 def test_skopeo_copy_in_then_docker_pull_and_run(daemon: BerthDaemon, tmp_path: Path) -> None:
-    reg = BerthRegistry(tmp_path / "skopeo")
+    reg = berth_registry(BERTH, tmp_path / "skopeo")
     try:
         name = f"{reg.addr}/oci/multilayer:1.0"
         cp = subprocess.run([str(SKOPEO), "copy", "--dest-tls-verify=false",
@@ -243,7 +198,7 @@ def test_pull_onto_existing_snapshots_checks_the_blob(daemon: BerthDaemon, loade
     bogus = gzip.compress(bogus_tar.getvalue(), mtime=0)
     manifest["layers"][0] = {**manifest["layers"][0], "digest": str(Digest.of_bytes(bogus)), "size": len(bogus)}
     blobs[str(Digest.of_bytes(bogus))] = bogus
-    reg = BerthRegistry(tmp_path / "reused")
+    reg = berth_registry(BERTH, tmp_path / "reused")
     try:
         for digest, data in blobs.items():
             r = requests.post(f"{reg.url}/v2/evil/app/blobs/uploads/", params={"digest": digest}, data=data, timeout=10)

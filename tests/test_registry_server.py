@@ -4,10 +4,7 @@ upload session expiry, the read-only view of berthd's image store, and ``berth r
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -25,6 +22,7 @@ from berth.oci.digest import Digest
 from berth.registry.gc import collect
 from berth.registry.server import RegistryServer, RunningRegistry, ServerConfig
 from berth.registry.storage import FilesystemDriver, ImageStoreView
+from berth.testing.servers import berth_registry
 
 FIXTURE = Path("/work/shared/fixtures/multilayer-oci.tar")
 BERTH = Path(sys.executable).parent / "berth"
@@ -197,34 +195,15 @@ def test_read_only_view_of_the_image_store(data_root: Path, tmp_path: Path) -> N
     assert not (data_root / "registry").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_berth_registry_serve_and_gc_commands(tmp_path: Path) -> None:
-    port = _free_port()
-    root = tmp_path / "root"
-    proc = subprocess.Popen([str(BERTH), "registry", "serve", "--addr", f"127.0.0.1:{port}", "--root", str(root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                r = requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
-                time.sleep(0.05)
+    with berth_registry(BERTH, tmp_path) as reg:
+        r = requests.get(f"{reg.url}/v2/", timeout=10)
         assert r.status_code == 200 and r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
         data = b"cli blob"
-        r = requests.post(f"http://127.0.0.1:{port}/v2/c/blobs/uploads/", params={"digest": str(Digest.of_bytes(data))},
+        r = requests.post(f"{reg.url}/v2/c/blobs/uploads/", params={"digest": str(Digest.of_bytes(data))},
                           data=data, timeout=10)
         assert r.status_code == 201
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(10)
+    root = tmp_path / "root"
     gc = subprocess.run([str(BERTH), "registry", "gc", "--root", str(root), "--dry-run", "--grace", "0"],
                         capture_output=True, text=True, timeout=60)
     assert gc.returncode == 0, gc.stderr
