@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "berth"
 
 # bottom to top; the same level may import each other
 LAYERS: dict[str, int] = {
-    "errors": 0, "oci": 0, "units": 0,
+    "errors": 0, "oci": 0, "units": 0, "dockerignore": 0,
     "kernel": 1, "httpserver": 1,
     "content": 2, "snapshots": 2, "layers": 2, "metadata": 2,
     "runtime": 2, "network": 2, "volumes": 2,
@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
 }
 # talk to the daemon over HTTP only; may import each other and the value types
 CLIENT_SIDE = {"cli", "client", "compose", "dashboard"}
-CLIENT_ALLOWED = CLIENT_SIDE | {"oci", "errors", "units"}
+CLIENT_ALLOWED = CLIENT_SIDE | {"oci", "errors", "units", "dockerignore"}
 ANYTHING = {"testing"}
 ROOT = "__root__"  # berth/__init__.py (version string): importable by all
 

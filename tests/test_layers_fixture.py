@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from berth.layers.apply import apply_layer
+from berth.testing.rootfs import FIXTURES as ROOTFS_FIXTURES
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = ROOTFS_FIXTURES
 DOCKER_SAVE = FIXTURES / "multilayer-docker-save.tar"
 OCI = FIXTURES / "multilayer-oci.tar"
 EXPECTED = FIXTURES / "multilayer-expected-rootfs.json"

@@ -6,6 +6,7 @@ The bottom layer: imports only the standard library.
 from __future__ import annotations
 
 import math
+import platform
 import re
 from datetime import UTC, datetime
 
@@ -97,3 +98,13 @@ def go_duration(ns: int) -> str:
 def now_rfc3339() -> str:
     """The current time as dockerd stamps records: RFC 3339 in UTC with microseconds (``...05.123456Z``)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
+            "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def go_arch(machine: str | None = None) -> str:
+    """Docker's (Go's) name for the machine architecture: ``x86_64`` → ``amd64``."""
+    machine = machine or platform.machine()
+    return _GO_ARCH.get(machine, machine)

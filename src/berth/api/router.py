@@ -85,10 +85,10 @@ class Router:
 
 def build_router() -> Router:
     """The daemon's router with every route module registered."""
-    from berth.api.routes import container_fs, containers, execs, images, logs, networks, stats, system, volumes
+    from berth.api.routes import build, container_fs, containers, execs, images, logs, networks, stats, system, volumes
 
     router = Router()
-    modules: list[Any] = [system, images, containers, logs, execs, stats, container_fs, volumes, networks]
+    modules: list[Any] = [system, images, containers, logs, execs, stats, container_fs, volumes, networks, build]
     for module in modules:
         module.register(router)
     return router

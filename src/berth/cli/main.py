@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 PROG = "berth"
 # One module per object type; a new one (containers, networks, ...) is added here.
 _MODULES = ("berth.cli.system", "berth.cli.images", "berth.cli.containers", "berth.cli.volumes", "berth.cli.networks",
-            "berth.cli.registry")
+            "berth.cli.registry", "berth.cli.build")
 
 _GLOBAL_VALUE_FLAGS = {"-H": "host", "--host": "host", "-l": "log_level", "--log-level": "log_level",
                        "--config": "config", "-c": "context", "--context": "context"}

@@ -15,8 +15,6 @@ DF_TABLE = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaim
 DF_HEADERS = {"Type": "TYPE", "TotalCount": "TOTAL", "Active": "ACTIVE", "Size": "SIZE",
               "Reclaimable": "RECLAIMABLE"}
 
-_GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
-           "s390x": "s390x", "riscv64": "riscv64"}
 
 
 def _render(ctx: Context, source: str, rows: Sequence[Any], headers: Mapping[str, str] | None = None) -> None:
@@ -36,6 +34,7 @@ def client_version(context: str = "default") -> dict[str, Any]:
 
     from berth import __version__
     from berth.client.http import API_VERSION
+    from berth.units import go_arch
 
     return {
         "Platform": {"Name": ""},
@@ -44,7 +43,7 @@ def client_version(context: str = "default") -> dict[str, Any]:
         "DefaultAPIVersion": API_VERSION,
         "PythonVersion": platform.python_version(),
         "Os": "linux",
-        "Arch": _GOARCH.get(platform.machine(), platform.machine()),
+        "Arch": go_arch(),
         "Context": context,
     }
 

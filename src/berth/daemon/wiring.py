@@ -21,6 +21,7 @@ import os
 from berth.content.store import ContentStore
 from berth.daemon.config import DaemonConfig
 from berth.engine.archive import ArchiveService
+from berth.engine.build import BuildService
 from berth.engine.commit import CommitService
 from berth.engine.containers import ContainerPaths, ContainerService
 from berth.engine.dns import ContainerDns, DnsOptions
@@ -116,11 +117,12 @@ def build_engine(config: DaemonConfig) -> Engine:
     containers.default_runtime = config.default_runtime
     system.runtimes.update(config.extra_runtimes)
     system.default_runtime = config.default_runtime
+    registry = RegistryService(images.store, events, config.insecure_registries)
+    builds = BuildService(images, containers, runner, archive, commits, registry, config.data_root / "tmp")
     return Engine(events=events, system=system, images=images, containers=containers, runner=runner,
                   logs=LogService(containers), execs=execs,
                   stats=StatsService(containers, runner.runtime_root, runner.runtime_of), archive=archive,
-                  commits=commits, volumes=volumes, networks=networks,
-                  registry=RegistryService(images.store, events, config.insecure_registries))
+                  commits=commits, volumes=volumes, networks=networks, registry=registry, builds=builds)
 
 
 def start_engine(engine: Engine) -> None:

@@ -651,6 +651,39 @@ class ArchiveService:
             with contextlib.suppress(OSError):
                 target.rmdir()
 
+    @contextlib.contextmanager
+    def root(self, ref: str) -> Iterator[int]:
+        """A directory fd for a container's root filesystem (mounted for the block when it is not running)."""
+        cid, _name, doc = self.containers.resolve(ref)
+        with self._root(cid, doc) as fd:
+            yield fd
+
+    def ensure_dir(self, ref: str, path: str, uid: int = 0, gid: int = 0) -> bool:
+        """``mkdir -p`` in a container's tree, symlinks resolved in-root (a build's COPY destination). The
+        directories it makes get ``uid:gid`` and 0755; True when ``path`` is now a directory that existed."""
+        cid, _name, doc = self.containers.resolve(ref)
+        with self._root(cid, doc) as root_fd:
+            parts = canonical(root_fd, fsops.split(path))
+            existed = True
+            fd = os.dup(root_fd)
+            try:
+                for part in parts:
+                    st = fsops.lstat_at(fd, part)
+                    if st is None:
+                        existed = False
+                        fsops.mkdir_at(fd, part, 0o755)
+                        fsops.chmod_at(fd, part, 0o755)
+                        if (uid, gid) != (0, 0):
+                            fsops.chown_at(fd, part, uid, gid)
+                    elif not stat.S_ISDIR(st.st_mode):
+                        raise InvalidArgument(f"failed to copy files: mkdir {path}: not a directory")
+                    nfd = fsops.open_child_dir(fd, part)
+                    os.close(fd)
+                    fd = nfd
+            finally:
+                os.close(fd)
+            return existed
+
     def layout(self, cid: str) -> _Layout:
         """The directories that hold what the container changed, from its snapshot's mounts."""
         snapshotter = self.containers.snapshotter

@@ -27,9 +27,9 @@ from berth.kernel import cgroups
 from berth.oci import media
 from berth.oci.descriptor import Descriptor
 from berth.oci.image import ImageConfig
-from berth.oci.reference import parse_target
+from berth.oci.reference import Reference, parse_target
 from berth.runtime import linux
-from berth.units import now_rfc3339
+from berth.units import go_arch, now_rfc3339
 
 log = logging.getLogger("berth.engine")
 
@@ -95,6 +95,63 @@ class CommitService:
                 except (OSError, BerthError) as e:
                     log.warning("commit %s: could not unpause the container: %s", cid[:12], e)
 
+    def make_image(self, base_id: str, config: dict[str, Any], history: dict[str, Any], *, cid: str | None = None,
+                   author: str = "", comment: str = "", tags: Sequence[Reference] = (), parent: str = "",
+                   cache_key: str | None = None, created: str = "",
+                   history_entry: bool = True) -> tuple[ImageConfig, list[tuple[str, str | None]]]:
+        """A new image on ``base_id``'s layers ("" = scratch): plus container ``cid``'s changes as one layer, or no
+        new layer (``empty_layer`` history, a build's config-only step) when ``cid`` is None. Returns its config and
+        the tags it took from other images."""
+        if base_id:
+            parent_cfg = self.store.config(base_id)
+            parent_manifest = self.store.manifest(self.store.db.get(base_id))
+            base_doc, base_history = parent_cfg.doc, list(parent_cfg.history)
+            layers, media_type = list(parent_manifest.layers), parent_manifest.media_type
+            diff_ids = [str(d) for d in parent_cfg.diff_ids]
+        else:  # FROM scratch
+            base_doc, base_history = {"architecture": go_arch(), "os": "linux"}, []
+            layers, media_type, diff_ids = [], media.DOCKER_MANIFEST, []
+        created = created or now_rfc3339()
+        history = {"created": created, **history}
+        self.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
+        layer_file = self.scratch / f"commit-{uuid.uuid4().hex}.tar"
+        try:
+            if cid is None:
+                history["empty_layer"] = True
+            else:
+                with open(layer_file, "w+b") as f:
+                    diff_ids.append(str(self.archive.write_layer(cid, f)))
+            cfg_doc = {k: v for k, v in base_doc.items() if k not in _DROPPED_KEYS}
+            cfg_doc.update({
+                "created": created,
+                "config": config,
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                "history": [*base_history, history] if history_entry else base_history,
+            })
+            for key, value in (("author", author), ("comment", comment)):
+                if value:
+                    cfg_doc[key] = value
+                else:
+                    cfg_doc.pop(key, None)
+            raw = json.dumps(cfg_doc, separators=(",", ":")).encode()
+            image_cfg = ImageConfig.parse(raw)
+            layer_type = media.DOCKER_LAYER if media_type == media.DOCKER_MANIFEST else media.OCI_LAYER
+            with self.store.lease() as lease:
+                if cid is not None:
+                    with open(layer_file, "rb") as f:
+                        digest, size = self.store.put_blob(lease, f, image_cfg.diff_ids[-1])
+                    layers.append(Descriptor(layer_type, digest, size))
+                self.store.put_bytes(lease, raw)
+                manifest = ImageStore.manifest_for(raw, layers, media_type)
+                self.store.put_bytes(lease, manifest)
+                self.store.unpack(lease, layers, image_cfg.diff_ids)
+                moved = self.store.commit_image(manifest, image_cfg, list(tags), media_type=media_type,
+                                                parent=parent, cache_key=cache_key)
+        finally:
+            with contextlib.suppress(OSError):
+                layer_file.unlink()
+        return image_cfg, moved
+
     def commit(self, ref: str, *, repo: str = "", tag: str = "", comment: str = "", author: str = "",
                pause: bool = True, changes: Sequence[str] = (), config: Any = None) -> str:
         """``POST /commit``: the new image's ID (``sha256:...``)."""
@@ -108,52 +165,18 @@ class CommitService:
             base = self.store.db.get(doc["Image"])
         except NotFound:
             raise Conflict(f"cannot commit container {cid}: its image {doc['Image']} is gone") from None
-        parent_cfg = self.store.config(base.id)
-        parent_manifest = self.store.manifest(base)
         new_config = commit_config(config, changes, doc["Config"])
-
-        self.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
-        layer_file = self.scratch / f"commit-{uuid.uuid4().hex}.tar"
-        try:
-            with self._paused(cid, doc, pause), open(layer_file, "w+b") as f:
-                diff_id = self.archive.write_layer(cid, f)
-            created = now_rfc3339()
-            history: dict[str, Any] = {"created": created}
-            if author:
-                history["author"] = author
-            created_by = " ".join(doc["Config"].get("Cmd") or [])
-            if created_by:
-                history["created_by"] = created_by
-            if comment:
-                history["comment"] = comment
-            cfg_doc = {k: v for k, v in parent_cfg.doc.items() if k not in _DROPPED_KEYS}
-            cfg_doc.update({
-                "created": created,
-                "config": new_config,
-                "rootfs": {"type": "layers", "diff_ids": [*(str(d) for d in parent_cfg.diff_ids), str(diff_id)]},
-                "history": [*parent_cfg.history, history],
-            })
-            for key, value in (("author", author), ("comment", comment)):
-                if value:
-                    cfg_doc[key] = value
-                else:
-                    cfg_doc.pop(key, None)
-            raw = json.dumps(cfg_doc, separators=(",", ":")).encode()
-            image_cfg = ImageConfig.parse(raw)
-            layer_type = media.DOCKER_LAYER if parent_manifest.media_type == media.DOCKER_MANIFEST else media.OCI_LAYER
-            with self.store.lease() as lease:
-                with open(layer_file, "rb") as f:
-                    digest, size = self.store.put_blob(lease, f, diff_id)
-                layers = [*parent_manifest.layers, Descriptor(layer_type, digest, size)]
-                self.store.put_bytes(lease, raw)
-                manifest = ImageStore.manifest_for(raw, layers, parent_manifest.media_type)
-                self.store.put_bytes(lease, manifest)
-                self.store.unpack(lease, layers, image_cfg.diff_ids)
-                moved = self.store.commit_image(manifest, image_cfg, [target] if target else [],
-                                                media_type=parent_manifest.media_type)
-        finally:
-            with contextlib.suppress(OSError):
-                layer_file.unlink()
+        history: dict[str, Any] = {}
+        if author:
+            history["author"] = author
+        created_by = " ".join(doc["Config"].get("Cmd") or [])
+        if created_by:
+            history["created_by"] = created_by
+        if comment:
+            history["comment"] = comment
+        with self._paused(cid, doc, pause):
+            image_cfg, moved = self.make_image(base.id, new_config, history, cid=cid, author=author, comment=comment,
+                                               tags=[target] if target else [])
         image_id = str(image_cfg.id)
         events = self.containers.events
         for _tag, old_id in moved:

@@ -94,12 +94,15 @@ class ImageService:
     def list_images(self, filters: dict[str, list[str]] | None = None, all: bool = False,
              digests: bool = False) -> list[dict[str, Any]]:
         rows = self._filter(self._rows(), filters or {})
+        if not all:  # a build's intermediate images (untagged, with a child) show only with -a, as in Docker
+            parents = self.store.db.parents()
+            rows = [r for r in rows if r.rec.tags or r.rec.id not in parents]
         rows.sort(key=lambda r: r.created, reverse=True)
         return [self._summary(r) for r in rows]
 
     def _summary(self, r: _Row, containers: int = -1, shared: int = -1) -> dict[str, Any]:
         return {
-            "Id": r.rec.id, "ParentId": "", "RepoTags": [parse_tagged(t).familiar() for t in r.rec.tags],
+            "Id": r.rec.id, "ParentId": r.rec.parent, "RepoTags": [parse_tagged(t).familiar() for t in r.rec.tags],
             "RepoDigests": [parse(d).familiar() for d in r.rec.repo_digests], "Created": r.created,
             "Size": r.size, "SharedSize": shared, "Labels": r.labels or {}, "Containers": containers,
         }
@@ -113,7 +116,8 @@ class ImageService:
             if not vals <= {"true", "false", "1", "0"}:
                 raise InvalidArgument(f"invalid filter 'dangling={filters['dangling'][0]}'")
             want = bool(vals & {"true", "1"})
-            rows = [r for r in rows if (not r.rec.tags) == want]
+            parents = self.store.db.parents()
+            rows = [r for r in rows if (not r.rec.tags and r.rec.id not in parents) == want]
         if "label" in filters:
             rows = [r for r in rows if all(_label_match(r.labels, f) for f in filters["label"])]
         if "before" in filters:
@@ -142,7 +146,7 @@ class ImageService:
             "Id": rec.id,
             "RepoTags": [parse_tagged(t).familiar() for t in rec.tags],
             "RepoDigests": [parse(d).familiar() for d in rec.repo_digests],
-            "Parent": "",
+            "Parent": rec.parent,
             "Comment": doc.get("comment") or (history[-1].get("comment", "") if history else ""),
             "Created": doc.get("created") or ZERO_TIME,
             "Container": "",
@@ -230,15 +234,37 @@ class ImageService:
             for t in rec.tags:
                 self._untag(rec, t, out)
             return out
-        for t in rec.tags:
-            self._untag(rec, t, out)
-        for d in rec.repo_digests:
-            self._untag(rec, d, out)
-        self.store.db.delete_image(rec.id)
-        out.append({"Deleted": rec.id})
-        self.events.publish("image", "delete", rec.id, {"name": rec.id})
+        if self.store.db.children(rec.id):
+            if by_ref is None:
+                raise Conflict(f"conflict: unable to delete {short} (cannot be forced) - image has dependent "
+                               "child images")
+            for t in rec.tags:  # Docker untags an image that still has children and keeps it
+                self._untag(rec, t, out)
+            return out
+        self._delete(rec, out, noprune)
         self.store.collect_garbage()
         return out
+
+    def _delete(self, rec: ImageRecord, out: list[dict[str, str]], noprune: bool = False) -> None:
+        """Delete an image, then each untagged, unused parent it leaves childless (unless ``noprune``)."""
+        while True:
+            for t in rec.tags:
+                self._untag(rec, t, out)
+            for d in rec.repo_digests:
+                self._untag(rec, d, out)
+            self.store.db.delete_image(rec.id)
+            out.append({"Deleted": rec.id})
+            self.events.publish("image", "delete", rec.id, {"name": rec.id})
+            if noprune or not rec.parent:
+                return
+            try:
+                parent = self.store.db.get(rec.parent)
+            except NotFound:
+                return
+            if parent.tags or parent.repo_digests or self.store.db.children(parent.id) \
+                    or self.image_users(parent.id):
+                return
+            rec = parent
 
     def _matching_ref(self, rec: ImageRecord, name: str) -> str | None:
         try:
@@ -272,12 +298,13 @@ class ImageService:
         if "label!" in filters:
             rows = [r for r in rows if not any(_label_match(r.labels, f) for f in filters["label!"])]
         deleted: list[dict[str, str]] = []
-        for r in rows:
-            for t in r.rec.tags:
-                self._untag(r.rec, t, deleted)
-            self.store.db.delete_image(r.rec.id)
-            deleted.append({"Deleted": r.rec.id})
-            self.events.publish("image", "delete", r.rec.id, {"name": r.rec.id})
+        gone: set[str] = set()
+        for r in sorted(rows, key=lambda r: r.rec.added_at, reverse=True):  # children before their parents
+            if r.rec.id in gone or self.store.db.children(r.rec.id):
+                continue
+            mark = len(deleted)
+            self._delete(r.rec, deleted)
+            gone |= {d["Deleted"] for d in deleted[mark:] if "Deleted" in d}
         reclaimed = self.store.collect_garbage().bytes_reclaimed
         if deleted:
             self.events.publish("image", "prune", "", {"reclaimed": str(reclaimed)})

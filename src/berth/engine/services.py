@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from berth.engine.archive import ArchiveService
+    from berth.engine.build import BuildService
     from berth.engine.commit import CommitService
     from berth.engine.containers import ContainerService
     from berth.engine.events import EventBus
@@ -38,3 +39,4 @@ class Engine:
     volumes: VolumeService | None = None
     networks: NetworkService | None = None
     registry: RegistryService | None = None
+    builds: BuildService | None = None

@@ -20,19 +20,10 @@ from typing import Any
 
 import berth
 from berth.runtime import oci_cli
+from berth.units import go_arch
 
 API_VERSION = "1.44"
 MIN_API_VERSION = "1.24"
-_GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
-            "s390x": "s390x", "riscv64": "riscv64"}
-
-
-def go_arch(machine: str | None = None) -> str:
-    """Docker's (Go's) name for the machine architecture: ``x86_64`` → ``amd64``."""
-    machine = machine or platform.machine()
-    return _GO_ARCH.get(machine, machine)
-
-
 def rfc3339_nano(ts: float) -> str:
     """A local timestamp with nanosecond digits and offset, as Go's ``time.RFC3339Nano`` prints it."""
     dt = datetime.datetime.fromtimestamp(ts).astimezone()

@@ -237,11 +237,12 @@ class ImageStore:
 
     def commit_image(self, manifest: bytes, config: ImageConfig, tags: list[Reference],
                      repo_digests: list[str] | None = None,
-                     media_type: str = media.OCI_MANIFEST) -> list[tuple[str, str | None]]:
+                     media_type: str = media.OCI_MANIFEST, *, parent: str = "",
+                     cache_key: str | None = None) -> list[tuple[str, str | None]]:
         """Record the image and its tags in one transaction (blobs and snapshots must already exist)."""
         with self._lock:
             return self.db.put_image(str(config.id), str(Digest.of_bytes(manifest)), media_type,
-                                     [str(t) for t in tags], repo_digests or [])
+                                     [str(t) for t in tags], repo_digests or [], parent=parent, cache_key=cache_key)
 
     # --- garbage collection -----------------------------------------------------------------------
 

@@ -111,6 +111,7 @@ def docker_env(host: str, config_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
     env["DOCKER_HOST"] = host
     env["DOCKER_CONFIG"] = str(config_dir)
+    env["DOCKER_BUILDKIT"] = "0"  # the legacy builder, even if a buildx plugin gets installed (engine-api.md §11.1)
     return env
 
 

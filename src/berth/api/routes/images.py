@@ -146,7 +146,7 @@ async def _import(req: Request, engine: Engine, src: str) -> StreamResponse:
     if src == "-":
         body = req.blocking_reader()
     elif src.startswith(("http://", "https://")):
-        body = await asyncio.to_thread(_open_url, src)
+        body = await asyncio.to_thread(open_url, src)
     else:
         raise InvalidArgument(f"unsupported import source {src!r}: give - (the request body) or an http(s) URL")
 
@@ -159,7 +159,8 @@ async def _import(req: Request, engine: Engine, src: str) -> StreamResponse:
     return StreamResponse(thread_stream(work))
 
 
-def _open_url(url: str) -> BinaryIO:
+def open_url(url: str) -> BinaryIO:
+    """A URL's body (import and build from a URL); unreachable is Docker's "Get ..." error."""
     try:
         return urllib.request.urlopen(url, timeout=30)  # type: ignore[no-any-return]
     except (urllib.error.URLError, OSError) as e:

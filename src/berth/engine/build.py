@@ -1,0 +1,741 @@
+"""Dockerfile builds: dockerd's classic builder (``POST /build``, builder version 1).
+
+Each instruction makes an image on top of the previous one, as the classic builder does: RUN runs in a container
+(``ContainerRunner``) whose changes become a layer; COPY/ADD write into a created container's tree
+(``ArchiveService``) and commit it; the other instructions change only the config (an ``empty_layer`` history
+entry). Every step's image records its parent and a cache key, so the next build with the same parent and key
+reuses it (``ImageDB.cached``); when a step misses, the build says why ("Cache miss: ..."), which Docker does not.
+
+The build runs in a worker thread (the route's ``thread_stream``); container verbs that live on the event loop are
+called through ``asyncio.run_coroutine_threadsafe``. Output is dockerd's stream (``{"stream": ...}`` lines,
+``{"aux": {"ID": ...}}``, ``errorDetail`` with the RUN exit code) so the docker CLI and docker-py read it unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import queue
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import berth.build.context as build_context
+import berth.build.dockerfile as df
+from berth.engine.archive import ArchiveService
+from berth.engine.commit import CommitService
+from berth.engine.containers import ContainerService
+from berth.engine.images import ImageService
+from berth.engine.registry import RegistryService, credentials_from, registry_domain
+from berth.engine.running import ContainerRunner
+from berth.errors import BerthError, InvalidArgument, NoSuchImage, NotFound
+from berth.oci.reference import parse
+from berth.runtime.users import resolve_user
+
+log = logging.getLogger("berth.engine.build")
+
+T = TypeVar("T")
+Emit = Callable[[dict[str, Any]], None]
+
+DEFAULT_SHELL = ("/bin/sh", "-c")
+# build args Docker accepts without an ARG line; passed to RUN, kept out of the image and the cache key
+BUILTIN_ARGS = frozenset({"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
+                          "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"})
+_CONFIG_ONLY = frozenset({"env", "label", "cmd", "entrypoint", "expose", "volume", "user", "workdir", "arg",
+                          "shell", "stopsignal", "healthcheck", "onbuild", "maintainer"})
+_EMPTY_CREATED = "1970-01-01T00:00:00Z"  # the zero-layer base of a scratch stage: the same ID every build
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The query of ``POST /build`` (engine-api.md §11.2), parsed by the route."""
+
+    tags: tuple[str, ...] = ()
+    dockerfile: str = "Dockerfile"
+    buildargs: Mapping[str, str | None] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    nocache: bool = False
+    pull: bool = False
+    quiet: bool = False
+    rm: bool = True
+    forcerm: bool = False
+    target: str = ""
+    network_mode: str = ""
+    extra_hosts: tuple[str, ...] = ()
+    shm_size: int = 0
+    memory: int = 0
+    memswap: int = 0
+    cpu_shares: int = 0
+    cpuset_cpus: str = ""
+    cpu_period: int = 0
+    cpu_quota: int = 0
+    platform: str = ""
+    registry_auth: Mapping[str, Any] = field(default_factory=dict)  # X-Registry-Config, by registry host
+
+
+class StepFailed(BerthError):
+    """A RUN step exited non-zero: dockerd's message, and the code the CLI exits with."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class _Stage:
+    """Where a stage stands: its current image and config, the ARGs in scope, whether CMD was set here."""
+
+    index: int
+    name: str | None
+    image: str                              # "" = scratch, nothing committed yet
+    config: dict[str, Any]
+    args: dict[str, str | None] = field(default_factory=dict)
+    cmd_set: bool = False
+    author: str = ""                        # MAINTAINER, kept for the stage's later images
+    rebuilt: bool = False                   # a step of this stage already missed the cache
+
+    def env(self) -> dict[str, str]:
+        """What ``$VAR`` expands to: the stage's ARGs, then ENV over them (Docker's precedence)."""
+        out = {k: v for k, v in self.args.items() if v is not None}
+        for item in self.config.get("Env") or []:
+            k, _, v = item.partition("=")
+            out[k] = v
+        return out
+
+
+class _Output:
+    """The build's stream: each message goes out at once, or is held back under ``-q`` (shown on error only)."""
+
+    def __init__(self, emit: Emit, quiet: bool) -> None:
+        self._emit = emit
+        self.quiet = quiet
+        self.held: list[dict[str, Any]] = []
+
+    def __call__(self, text: str) -> None:
+        self.message({"stream": text})
+
+    def message(self, msg: dict[str, Any]) -> None:
+        if self.quiet:
+            self.held.append(msg)
+        else:
+            self._emit(msg)
+
+    def final(self, msg: dict[str, Any]) -> None:
+        self._emit(msg)
+
+    def flush_held(self) -> None:
+        for msg in self.held:
+            self._emit(msg)
+        self.held = []
+
+
+class _RunSink:
+    """The hijacked-stream side of an attach, for a RUN step: multiplexed frames in, text out to a queue."""
+
+    def __init__(self, out: queue.Queue[bytes | None]) -> None:
+        self._out = out
+        self._buf = b""
+
+    async def read(self, n: int = 65536) -> bytes:
+        return b""
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        while len(self._buf) >= 8:
+            size = int.from_bytes(self._buf[4:8], "big")
+            if len(self._buf) < 8 + size:
+                return
+            self._out.put(self._buf[8:8 + size])
+            self._buf = self._buf[8 + size:]
+
+    async def drain(self) -> None:
+        return None
+
+    def close_write(self) -> None:
+        return None
+
+
+class BuildService:
+    """Runs builds (blocking; from a worker thread, with the event loop that the container verbs live on)."""
+
+    def __init__(self, images: ImageService, containers: ContainerService, runner: ContainerRunner,
+                 archive: ArchiveService, commits: CommitService, registry: RegistryService | None,
+                 scratch: Path) -> None:
+        self.images = images
+        self.store = images.store
+        self.containers = containers
+        self.runner = runner
+        self.archive = archive
+        self.commits = commits
+        self.registry = registry
+        self.scratch = scratch
+
+    # --- the whole build -------------------------------------------------------------------------------
+
+    def build(self, body: Any, opts: BuildOptions, emit: Emit, loop: asyncio.AbstractEventLoop) -> str:
+        """Build from the request body (a context tar or a Dockerfile); returns the image ID."""
+        self.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
+        workdir = Path(tempfile.mkdtemp(prefix="build-", dir=self.scratch))
+        out = _Output(emit, opts.quiet)
+        try:
+            ctx = build_context.open_context(body, workdir, opts.dockerfile or "Dockerfile")
+            parsed = df.parse(ctx.dockerfile, name=ctx.dockerfile_name)
+            run = _Build(self, opts, out, loop, ctx.root, parsed)
+            try:
+                image_id = run.build()
+            except BerthError as e:
+                if not out.quiet or not out.held:
+                    raise
+                out.flush_held()  # -q: dockerd shows what it held back, then the error
+                raise e from None
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return image_id
+
+    # --- small verbs the steps use -------------------------------------------------------------------
+
+    def call(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def resolve_image(self, name: str, opts: BuildOptions, out: _Output) -> str:
+        """FROM's image: local, else pulled (always pulled with ``--pull``), as dockerd's classic builder."""
+        if not opts.pull:
+            with contextlib.suppress(NoSuchImage, NotFound):
+                return self.store.resolve(name).id
+        if self.registry is None:
+            raise NoSuchImage(name)
+        ref = parse(name)
+        auth_doc = None
+        for server, doc in opts.registry_auth.items():
+            with contextlib.suppress(InvalidArgument):
+                if registry_domain(server) == ref.domain:
+                    auth_doc = doc
+        try:
+            return self.registry.pull(name, "", credentials_from(auth_doc), opts.platform, out.message)
+        except BerthError as e:
+            if not opts.pull:
+                raise
+            # --pull with an image that exists locally and a registry that cannot be reached: dockerd fails too,
+            # but berth usually runs with no registry at hand, so a local image still serves
+            with contextlib.suppress(NoSuchImage, NotFound):
+                found = self.store.resolve(name).id
+                out(f" ---> [Warning] could not pull {name} ({e}); using the local image\n")
+                return found
+            raise
+
+
+class _Build:
+    """One build's state: the stages built so far and the step counter."""
+
+    def __init__(self, svc: BuildService, opts: BuildOptions, out: _Output, loop: asyncio.AbstractEventLoop,
+                 context_root: Path, parsed: df.Dockerfile) -> None:
+        self.svc = svc
+        self.opts = opts
+        self.out = out
+        self.loop = loop
+        self.context_root = context_root
+        self.df = parsed
+        self.step = 0
+        self.total = 0
+        self.consumed: set[str] = set()
+        self.global_args: dict[str, str | None] = {}
+        self.stage_images: dict[int, str] = {}
+        self.stage_names: dict[str, int] = {}
+        self.live: set[str] = set()   # containers this build made and has not removed yet
+        self.empty_base = ""
+
+    def build(self) -> str:
+        last = self.df.stage_index(self.opts.target) if self.opts.target else len(self.df.stages) - 1
+        self.total = self.df.steps(last) + (1 if self.opts.labels else 0)
+        try:
+            for instr in self.df.global_args:
+                self._announce(instr)
+                name, default = df.arg_decl(instr, self._global_env(), self.df.escape)
+                self.global_args[name] = self._arg_value(name, default)
+            stage: _Stage | None = None
+            for st in self.df.stages[: last + 1]:
+                stage = self._from(st)
+                for instr in st.instructions:
+                    self._announce(instr)
+                    self._dispatch(stage, instr)
+                if st.index == last and self.opts.labels:
+                    self.step += 1
+                    text = "LABEL " + " ".join(f'"{k}"="{v}"' for k, v in self.opts.labels.items())
+                    self.out(f"Step {self.step}/{self.total} : {text}\n")
+                    stage.config["Labels"] = {**(stage.config.get("Labels") or {}), **self.opts.labels}
+                    self._commit_config(stage, "LABEL", text, {"labels": dict(self.opts.labels)})
+                self.stage_images[st.index] = stage.image
+                if st.name:
+                    self.stage_names[st.name] = st.index
+            assert stage is not None
+            if not stage.image:  # a scratch stage with no step: dockerd refuses too
+                raise InvalidArgument("No image was generated. Is your Dockerfile empty?")
+        finally:
+            for cid in list(self.live):
+                self._remove(cid)
+        unused = sorted(k for k in self.opts.buildargs if k not in self.consumed and k not in BUILTIN_ARGS)
+        if unused:
+            self.out(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
+        image_id = stage.image
+        short = image_id.removeprefix("sha256:")[:12]
+        if self.out.quiet:
+            self.out.final({"stream": image_id + "\n"})
+        else:
+            self.out.final({"aux": {"ID": image_id}})
+            self.out(f"Successfully built {short}\n")
+        for tag in self.opts.tags:
+            self.svc.images.tag(image_id, tag, None)
+            if not self.out.quiet:
+                self.out(f"Successfully tagged {parse(tag).with_default_tag().familiar()}\n")
+        return image_id
+
+    # --- steps -----------------------------------------------------------------------------------------
+
+    def _announce(self, instr: df.Instruction) -> None:
+        self.step += 1
+        self.out(f"Step {self.step}/{self.total} : {instr.original}")
+        self.out("\n")
+
+    def _global_env(self) -> dict[str, str]:
+        return {k: v for k, v in self.global_args.items() if v is not None}
+
+    def _arg_value(self, name: str, default: str | None) -> str | None:
+        if name in self.opts.buildargs:
+            self.consumed.add(name)
+            given = self.opts.buildargs[name]
+            return given if given is not None else default
+        return default
+
+    def _from(self, st: df.Stage) -> _Stage:
+        self._announce(st.from_)
+        base = df.expand(st.base, self._global_env(), self.df.escape)
+        if not base:
+            raise InvalidArgument("base name (" + st.from_.rest + ") should not be blank")
+        if base.lower() in self.stage_names:
+            image = self.stage_images[self.stage_names[base.lower()]]
+        elif base == "scratch":
+            image = ""
+        else:
+            image = self.svc.resolve_image(base, self.opts, self.out)
+        config = copy.deepcopy(self.svc.store.config(image).config) if image else {}
+        self.out(f" ---> {image.removeprefix('sha256:')[:12]}\n")
+        stage = _Stage(st.index, st.name, image, config)
+        triggers = list(config.get("OnBuild") or [])
+        if triggers:
+            stage.config["OnBuild"] = None
+            self.out(f"# Executing {len(triggers)} build trigger{'s' if len(triggers) > 1 else ''}\n")
+            for text in triggers:
+                self._dispatch(stage, df.parse_trigger(text))
+        return stage
+
+    def _dispatch(self, stage: _Stage, instr: df.Instruction) -> None:
+        kw = instr.keyword
+        if kw == "run":
+            self._run(stage, instr)
+        elif kw in ("copy", "add"):
+            self._copy(stage, instr)
+        elif kw in _CONFIG_ONLY:
+            self._config_step(stage, instr)
+        else:
+            raise InvalidArgument(f"unknown instruction: {kw.upper()}")
+
+    def _config_step(self, stage: _Stage, instr: df.Instruction) -> None:
+        """Instructions that change only the image config (dockerd commits them as ``#(nop)`` steps)."""
+        kw = instr.keyword
+        cfg = stage.config
+        env = stage.env()
+        esc = self.df.escape
+        shell = list(cfg.get("Shell") or DEFAULT_SHELL)
+        detail: Any = None
+        if kw == "env":
+            pairs = df.key_values(instr, env, esc)
+            current = list(cfg.get("Env") or [])
+            for k, v in pairs:
+                current = [e for e in current if e.partition("=")[0] != k] + [f"{k}={v}"]
+            cfg["Env"] = current
+            detail = pairs
+            shown = "ENV " + " ".join(f"{k}={v}" for k, v in pairs)
+        elif kw == "label":
+            pairs = df.key_values(instr, env, esc)
+            cfg["Labels"] = {**(cfg.get("Labels") or {}), **dict(pairs)}
+            detail = pairs
+            shown = "LABEL " + " ".join(f"{k}={v}" for k, v in pairs)
+        elif kw in ("cmd", "entrypoint"):
+            argv = df.command(instr, shell)
+            if kw == "cmd":
+                cfg["Cmd"] = argv
+                stage.cmd_set = True
+            else:
+                cfg["Entrypoint"] = argv
+                if not stage.cmd_set:
+                    cfg["Cmd"] = None
+            detail = argv
+            shown = f"{kw.upper()} [" + " ".join(json.dumps(a) for a in argv) + "]"
+        elif kw == "expose":
+            ports = dict(cfg.get("ExposedPorts") or {})
+            for word in df.expand_args(instr, env, esc):
+                for port in _expand_ports(word):
+                    ports[port] = {}
+            cfg["ExposedPorts"] = ports
+            detail = sorted(ports)
+            shown = "EXPOSE " + " ".join(sorted(ports))
+        elif kw == "volume":
+            paths = df.expand_args(instr, env, esc)
+            if not paths or any(not p.strip() for p in paths):
+                raise InvalidArgument("VOLUME specified can not be an empty string")
+            cfg["Volumes"] = {**(cfg.get("Volumes") or {}), **{p: {} for p in paths}}
+            detail = paths
+            shown = "VOLUME [" + " ".join(paths) + "]"
+        elif kw == "user":
+            cfg["User"] = detail = " ".join(df.expand_args(instr, env, esc))
+            shown = f"USER {detail}"
+        elif kw == "workdir":
+            path = " ".join(df.expand_args(instr, env, esc))
+            cfg["WorkingDir"] = detail = posixpath.normpath(posixpath.join("/", cfg.get("WorkingDir") or "/", path))
+            shown = f"WORKDIR {detail}"
+        elif kw == "arg":
+            detail = []
+            for name, default in df.arg_decls(instr, env, esc):
+                if default is None and name in self.global_args:
+                    default = self.global_args[name]
+                value = self._arg_value(name, default)
+                stage.args[name] = value
+                detail.append([name, value])
+            shown = instr.original
+        elif kw == "shell":
+            if instr.json_args is None:
+                raise InvalidArgument("SHELL requires the arguments to be in JSON form")
+            cfg["Shell"] = detail = list(instr.json_args)
+            shown = "SHELL [" + " ".join(json.dumps(a) for a in detail) + "]"
+        elif kw == "stopsignal":
+            cfg["StopSignal"] = detail = " ".join(df.expand_args(instr, env, esc))
+            shown = f"STOPSIGNAL {detail}"
+        elif kw == "healthcheck":
+            cfg["Healthcheck"] = detail = df.healthcheck(instr)
+            shown = "HEALTHCHECK " + instr.rest
+        elif kw == "onbuild":
+            cfg["OnBuild"] = [*(cfg.get("OnBuild") or []), instr.rest.strip()]
+            detail = instr.rest.strip()
+            shown = f"ONBUILD {detail}"
+        else:  # maintainer
+            stage.author = detail = instr.rest.strip()
+            shown = f"MAINTAINER {detail}"
+        self._commit_config(stage, kw.upper(), shown, detail)
+
+    def _commit_config(self, stage: _Stage, kw: str, shown: str, detail: Any) -> None:
+        shell = " ".join(stage.config.get("Shell") or DEFAULT_SHELL)
+        created_by = f"{shell} #(nop) {'' if kw in ('WORKDIR', 'COPY', 'ADD') else ' '}{shown}"
+        key = self._key(stage, kw, detail)
+        if self._cached(stage, key):
+            return
+        base = stage.image or self._scratch_base()
+        image_cfg, _ = self.svc.commits.make_image(base, stage.config, {"created_by": created_by},
+                                                   author=stage.author, parent=base, cache_key=key)
+        self._advance(stage, str(image_cfg.id))
+
+    def _scratch_base(self) -> str:
+        """A zero-layer image with an empty config: what a scratch stage's first step builds on."""
+        if not self.empty_base:
+            image_cfg, _ = self.svc.commits.make_image("", {}, {}, created=_EMPTY_CREATED, history_entry=False)
+            self.empty_base = str(image_cfg.id)
+        return self.empty_base
+
+    def _run(self, stage: _Stage, instr: df.Instruction) -> None:
+        for name in ("mount", "network", "security", "device"):
+            if instr.flag_values(name):
+                raise InvalidArgument(f"the --{name} option requires BuildKit. Refer to "
+                                      "https://docs.docker.com/go/buildkit/ to learn how to build images with "
+                                      "BuildKit enabled")
+        shell = list(stage.config.get("Shell") or DEFAULT_SHELL)
+        argv = df.command(instr, shell)
+        if instr.json_args is None and not instr.rest.strip():
+            raise InvalidArgument("RUN requires at least one argument")
+        build_env = {k: v for k, v in stage.args.items() if v is not None}
+        proxies = {k: v for k, v in self.opts.buildargs.items() if k in BUILTIN_ARGS and v is not None}
+        # dockerd's record of a RUN with build args: "|2 A=1 B=2 /bin/sh -c ..."
+        prefix = f"|{len(build_env)} " + " ".join(f"{k}={v}" for k, v in sorted(build_env.items())) + " " \
+            if build_env else ""
+        created_by = prefix + " ".join(argv)
+        key = self._key(stage, "RUN", {"argv": argv, "args": build_env, "net": self.opts.network_mode})
+        if self._cached(stage, key):
+            return
+        base = stage.image or self._scratch_base()
+        env = [*(stage.config.get("Env") or []),
+               *(f"{k}={v}" for k, v in {**build_env, **proxies}.items()
+                 if not any(e.startswith(k + "=") for e in stage.config.get("Env") or []))]
+        cid = self._create(base, stage.config, argv, env)
+        self.out(f" ---> Running in {cid[:12]}\n")
+        code = self._run_container(cid)
+        if code != 0:
+            if self.opts.forcerm or self.opts.rm:
+                self._remove(cid)
+            shown = json.dumps(argv) if instr.json_args is not None else " ".join(argv)
+            raise StepFailed(f"The command '{shown}' returned a non-zero code: {code}", code)
+        image_cfg, _ = self.svc.commits.make_image(base, stage.config, {"created_by": created_by}, cid=cid,
+                                                   author=stage.author, parent=base, cache_key=key)
+        self._finish_container(cid, shown=True)
+        self._advance(stage, str(image_cfg.id))
+
+    def _copy(self, stage: _Stage, instr: df.Instruction) -> None:
+        kw = instr.keyword.upper()
+        env = stage.env()
+        words = df.expand_args(instr, env, self.df.escape)
+        if len(words) < 2:
+            raise InvalidArgument(f"{kw} requires at least two arguments, but only one was provided. "
+                                  "Destination could not be determined.")
+        srcs, dest = words[:-1], words[-1]
+        workdir = stage.config.get("WorkingDir") or "/"
+        dest_abs = posixpath.join(workdir, dest) if not dest.startswith("/") else dest
+        if dest.endswith("/") and not dest_abs.endswith("/"):
+            dest_abs += "/"
+        chown = instr.flag("chown")
+        chmod_text = instr.flag("chmod")
+        chmod = None
+        if chmod_text:
+            try:
+                chmod = int(chmod_text, 8)
+            except ValueError:
+                raise InvalidArgument(f"invalid chmod parameter: {chmod_text}") from None
+        source = instr.flag("from")
+        if source is not None and kw == "ADD":
+            raise InvalidArgument("ADD --from is not supported; use COPY --from")
+        base = stage.image or self._scratch_base()
+        with self._source_root(source, env) as (root, label):
+            urls = [s for s in srcs if kw == "ADD" and _is_url(s)]
+            with tempfile.TemporaryDirectory(dir=self.svc.scratch) as tmp:
+                downloaded = [self._download(u, Path(tmp)) for u in urls]
+                local = [s for s in srcs if s not in urls]
+                sources = build_context.resolve_sources(root, local, kw) if local else []
+                build_context.check_dest([*sources, *(build_context.Source(p.name, False) for p in downloaded)],
+                                         dest_abs, kw)
+                hashes = [build_context.source_hash(root, sources)] if sources else []
+                hashes += [build_context.source_hash(p.parent, [build_context.Source(p.name, False)])
+                           for p in downloaded]
+                digest = hashes[0] if len(hashes) == 1 else "multi:" + hashlib.sha256(
+                    ",".join(hashes).encode()).hexdigest()
+                key = self._key(stage, kw, {"srcs": srcs, "dest": dest_abs, "chown": chown, "chmod": chmod_text,
+                                            "from": label, "content": digest})
+                if self._cached(stage, key):
+                    return
+                cid = self._create(base, stage.config, [*DEFAULT_SHELL, f"#(nop) {kw} {' '.join(srcs)} {dest}"],
+                                   list(stage.config.get("Env") or []))
+                owner = self._owner(cid, chown) if chown else None
+                archives = [s for s in sources if kw == "ADD" and not s.is_dir
+                            and build_context.is_archive(root / s.rel)]
+                plain = [s for s in sources if s not in archives]
+                dest_is_dir = self._dest_is_dir(cid, dest_abs)
+                with tempfile.TemporaryFile(dir=self.svc.scratch) as tar:
+                    if plain:
+                        target = build_context.copy_tar(root, plain, dest_abs, dest_is_dir, tar, chown=owner,
+                                                        chmod=chmod)
+                        self._extract(cid, target, tar, owner)
+                    for path in downloaded:
+                        tar.seek(0)
+                        tar.truncate()
+                        target = build_context.copy_tar(path.parent, [build_context.Source(path.name, False)],
+                                                        dest_abs, dest_is_dir, tar, chown=owner,
+                                                        chmod=chmod if chmod is not None else 0o600)
+                        self._extract(cid, target, tar, owner)
+                for src in archives:
+                    target = dest_abs.rstrip("/") or "/"
+                    with open(root / src.rel, "rb") as f:
+                        self._extract(cid, target, f, owner)
+                created_by = f"{' '.join(stage.config.get('Shell') or DEFAULT_SHELL)} #(nop) {kw} {digest} in {dest} "
+                image_cfg, _ = self.svc.commits.make_image(base, stage.config, {"created_by": created_by}, cid=cid,
+                                                           author=stage.author, parent=base, cache_key=key)
+                self._finish_container(cid, shown=False)
+                self._advance(stage, str(image_cfg.id))
+
+    # --- pieces of the steps -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _source_root(self, source: str | None, env: Mapping[str, str]) -> Iterator[tuple[Path, str]]:
+        """Where COPY reads from: the context, or (``--from``) a stage's or an image's tree, mounted for the block."""
+        if source is None:
+            yield self.context_root, ""
+            return
+        name = df.expand(source, env, self.df.escape)
+        if name.lower() in self.stage_names:
+            image = self.stage_images[self.stage_names[name.lower()]]
+        elif name.isdigit() and int(name) in self.stage_images:
+            image = self.stage_images[int(name)]
+        elif name.isdigit():
+            raise InvalidArgument(f"invalid from flag value {name}: refers to current build stage")
+        else:
+            image = self.svc.resolve_image(name, self.opts, self.out)
+        if not image:
+            raise InvalidArgument(f"COPY --from={name}: the stage has no files (FROM scratch with no step)")
+        cid = self._create(image, {}, [*DEFAULT_SHELL, "#(nop) COPY --from"], [])
+        try:
+            with self.svc.archive.root(cid) as fd:
+                yield Path(f"/proc/self/fd/{fd}"), image
+        finally:
+            self._remove(cid)
+
+    def _create(self, image: str, config: Mapping[str, Any], argv: Sequence[str], env: Sequence[str]) -> str:
+        opts = self.opts
+        host: dict[str, Any] = {"NetworkMode": opts.network_mode or "default", "ExtraHosts": list(opts.extra_hosts)}
+        for key, value in (("ShmSize", opts.shm_size), ("Memory", opts.memory), ("MemorySwap", opts.memswap),
+                           ("CpuShares", opts.cpu_shares), ("CpusetCpus", opts.cpuset_cpus),
+                           ("CpuPeriod", opts.cpu_period), ("CpuQuota", opts.cpu_quota)):
+            if value:
+                host[key] = value
+        body = {
+            "Image": image, "Cmd": list(argv), "Entrypoint": [""], "Env": list(env),
+            "WorkingDir": config.get("WorkingDir") or "", "User": config.get("User") or "",
+            "AttachStdout": True, "AttachStderr": True, "Healthcheck": {"Test": ["NONE"]},
+            "Labels": {}, "HostConfig": host,
+        }
+        cid = str(self.svc.containers.create(None, body)["Id"])
+        self.live.add(cid)
+        return cid
+
+    def _run_container(self, cid: str) -> int:
+        """Start a RUN step's container, pass its output to the build's stream, return its exit code."""
+        chunks: queue.Queue[bytes | None] = queue.Queue()
+        runner = self.svc.runner
+
+        async def go() -> int:
+            _cid, _tty, pump = await runner.attach(cid, stdin=False, stdout=True, stderr=True, detach_keys=None)
+            waiter = await runner.wait(cid, "next-exit")
+            sink = _RunSink(chunks)
+            pumping = asyncio.ensure_future(pump(sink))
+            try:
+                await runner.start(cid)
+                result = await waiter()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(pumping), 5)
+            finally:
+                pumping.cancel()
+                chunks.put(None)
+            return int(result.get("StatusCode", 0))
+
+        fut = asyncio.run_coroutine_threadsafe(go(), self.loop)
+        try:
+            while True:
+                data = chunks.get()
+                if data is None:
+                    break
+                self.out(data.decode("utf-8", "replace"))
+        except BaseException:
+            fut.cancel()
+            raise
+        return fut.result()
+
+    def _remove(self, cid: str) -> None:
+        self.live.discard(cid)
+        try:
+            self.svc.call(self.loop, self.svc.runner.remove(cid, force=True))
+        except BerthError as e:
+            log.warning("build: could not remove container %s: %s", cid[:12], e)
+
+    def _finish_container(self, cid: str, shown: bool) -> None:
+        if self.opts.rm or self.opts.forcerm:
+            self._remove(cid)
+            if shown:
+                self.out(f" ---> Removed intermediate container {cid[:12]}\n")
+        else:
+            self.live.discard(cid)
+
+    def _owner(self, cid: str, chown: str) -> tuple[int, int]:
+        with self.svc.archive.root(cid) as fd:
+            try:
+                user = resolve_user(f"/proc/self/fd/{fd}", chown)
+            except BerthError as e:
+                raise InvalidArgument(f"unable to convert uid/gid chown string to host mapping: {e}") from None
+        return user.uid, user.gid
+
+    def _dest_is_dir(self, cid: str, dest: str) -> bool:
+        try:
+            return self.svc.archive.stat_path(cid, dest.rstrip("/") or "/").is_dir
+        except NotFound:
+            return False
+
+    def _extract(self, cid: str, target: str, stream: Any, owner: tuple[int, int] | None) -> None:
+        self.svc.archive.ensure_dir(cid, target, *(owner or (0, 0)))
+        stream.seek(0)
+        self.svc.archive.put_archive(cid, target, stream)
+
+    def _download(self, url: str, into: Path) -> Path:
+        """ADD <url>: the file, named after the URL's last path component (0600, as dockerd)."""
+        name = posixpath.basename(urllib.parse.urlparse(url).path) or "__unnamed__"
+        path = into / f"dl-{uuid.uuid4().hex}" / name
+        path.parent.mkdir()
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp, open(path, "wb") as f:
+                if resp.status >= 400:
+                    raise InvalidArgument(f"failed to GET {url} with status {resp.status} {resp.reason}")
+                shutil.copyfileobj(resp, f)
+        except OSError as e:
+            raise InvalidArgument(f"failed to GET {url}: {e}") from None
+        os.chmod(path, 0o600)
+        return path
+
+    # --- images and the cache ----------------------------------------------------------------------------
+
+    def _key(self, stage: _Stage, kw: str, detail: Any) -> str:
+        """``<instruction hash>:<inputs hash>``: the first half tells "changed text" from "changed inputs"."""
+        text = json.dumps({"kw": kw, "detail": detail}, sort_keys=True, default=str)
+        inputs = json.dumps({"config": stage.config, "author": stage.author, "text": text}, sort_keys=True,
+                            default=str)
+        return hashlib.sha256(kw.encode()).hexdigest()[:8] + ":" + hashlib.sha256(inputs.encode()).hexdigest()
+
+    def _cached(self, stage: _Stage, key: str) -> bool:
+        """Reuse the image an earlier build made for this step on this parent; say why when there is none."""
+        parent = stage.image or self._scratch_base()
+        if not self.opts.nocache:
+            hit = self.svc.store.db.cached(parent, key)
+            if hit is not None:
+                self.out(" ---> Using cache\n")
+                self._advance(stage, hit)
+                return True
+            if not stage.rebuilt:
+                self.out(f" ---> Cache miss: {self._why(parent, key)}\n")
+        stage.rebuilt = True
+        return False
+
+    def _why(self, parent: str, key: str) -> str:
+        children = self.svc.store.db.child_keys(parent)
+        kind = key.split(":", 1)[0]
+        if not children:
+            return f"no earlier build ran this step on {parent.removeprefix('sha256:')[:12]}"
+        if any((k or "").split(":", 1)[0] == kind for k in children):
+            return "this instruction ran here before with other inputs (files, arguments, or config changed)"
+        return "the instruction differs from the one an earlier build ran at this point"
+
+    def _advance(self, stage: _Stage, image_id: str) -> None:
+        stage.image = image_id
+        stage.config = copy.deepcopy(self.svc.store.config(image_id).config)
+        self.out(f" ---> {image_id.removeprefix('sha256:')[:12]}\n")
+
+
+def _is_url(src: str) -> bool:
+    return src.startswith(("http://", "https://"))
+
+
+def _expand_ports(word: str) -> list[str]:
+    """EXPOSE words: ``80``, ``80/udp``, ``8000-8002/tcp`` → Docker's ``port/proto`` keys."""
+    port, _, proto = word.partition("/")
+    proto = (proto or "tcp").lower()
+    if proto not in ("tcp", "udp", "sctp"):
+        raise InvalidArgument(f"invalid proto: {proto}")
+    lo, _, hi = port.partition("-")
+    try:
+        start, end = int(lo), int(hi or lo)
+    except ValueError:
+        raise InvalidArgument(f"invalid containerPort: {port}") from None
+    if not (0 < start <= end <= 65535):
+        raise InvalidArgument(f"invalid port range: {port}")
+    return [f"{p}/{proto}" for p in range(start, end + 1)]
