@@ -500,9 +500,9 @@ def build_params(ns: argparse.Namespace, dockerfile: str, remote: str = "",
     if ns.target:
         params["target"] = ns.target
     if ns.ulimit:
-        from berth.cli.containers import _ulimits
+        from berth.cli.containers import parse_ulimits
 
-        params["ulimits"] = go_json(_ulimits(ns.ulimit))
+        params["ulimits"] = go_json(parse_ulimits(ns.ulimit))
     args = build_args(ns.build_arg, env)
     if args:
         params["buildargs"] = go_json(dict(sorted(args.items())))
@@ -598,9 +598,9 @@ def registry_config() -> str:
     """``X-Registry-Config``: base64url JSON of every stored login (ConfigFile.GetAllCredentials); ``e30=`` if none."""
     import base64
 
-    from berth.cli.images import HUB_SERVER, _read_config, load_credentials
+    from berth.cli.images import HUB_SERVER, load_credentials, read_docker_config
 
-    doc = _read_config()
+    doc = read_docker_config()
     keys: list[str] = []
     for section in ("auths", "credHelpers"):
         entries = doc.get(section)

@@ -275,7 +275,7 @@ def _capabilities(items: Sequence[str]) -> list[str] | None:
     return caps or None
 
 
-def _ulimits(items: Sequence[str]) -> list[dict[str, Any]]:
+def parse_ulimits(items: Sequence[str]) -> list[dict[str, Any]]:
     out = []
     for item in items:
         name, eq, limits = item.partition("=")
@@ -479,7 +479,7 @@ def create_body(ctx: Context, ns: argparse.Namespace, run: bool) -> dict[str, An
         "MemorySwappiness": -1,
         "NanoCpus": nano_cpus,
         "CpusetCpus": ns.cpuset_cpus,
-        "Ulimits": _ulimits(ns.ulimit),
+        "Ulimits": parse_ulimits(ns.ulimit),
         "Sysctls": _labels(ns.sysctl) or None,
     }
     if tmpfs:

@@ -428,7 +428,7 @@ def _config_path() -> Any:
     return Path(base) / "config.json"
 
 
-def _read_config() -> dict[str, Any]:
+def read_docker_config() -> dict[str, Any]:
     import json
 
     try:
@@ -489,7 +489,7 @@ def load_credentials(domain: str) -> dict[str, str]:
     import base64
     import json
 
-    doc = _read_config()
+    doc = read_docker_config()
     key = server_key(domain)
     helper = _helper_for(doc, key)
     if helper:
@@ -521,7 +521,7 @@ def store_credentials(domain: str, username: str, password: str, identity_token:
     import base64
     import json
 
-    doc = _read_config()
+    doc = read_docker_config()
     key = server_key(domain)
     helper = _helper_for(doc, key)
     if helper:
@@ -537,7 +537,7 @@ def store_credentials(domain: str, username: str, password: str, identity_token:
 
 
 def erase_credentials(domain: str) -> bool:
-    doc = _read_config()
+    doc = read_docker_config()
     key = server_key(domain)
     helper = _helper_for(doc, key)
     if helper:

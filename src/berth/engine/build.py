@@ -329,9 +329,11 @@ class _Build:
             image = ""
         else:
             image = self.svc.resolve_image(base, self.opts, self.out)
-        config = copy.deepcopy(self.svc.store.config(image).config) if image else {}
+        base_cfg = self.svc.store.config(image) if image else None
+        config = copy.deepcopy(base_cfg.config) if base_cfg else {}
         self.out(f" ---> {image.removeprefix('sha256:')[:12]}\n")
-        stage = _Stage(st.index, st.name, image, config)
+        stage = _Stage(st.index, st.name, image, config, author=str(base_cfg.doc.get("author") or "") if base_cfg
+                       else "")
         triggers = list(config.get("OnBuild") or [])
         if triggers:
             stage.config["OnBuild"] = None
@@ -441,8 +443,16 @@ class _Build:
         if self._cached(stage, key):
             return
         base = stage.image or self._scratch_base()
-        image_cfg, _ = self.svc.commits.make_image(base, stage.config, {"created_by": created_by},
-                                                   author=stage.author, parent=base, cache_key=key)
+        cid = None
+        if kw == "WORKDIR":  # dockerd makes the directory now (ContainerCreateWorkdir): a layer when it was missing
+            cid = self._create(base, stage.config, [*DEFAULT_SHELL, f"#(nop) {shown}"], [])
+            if self.svc.archive.ensure_dir(cid, str(detail)):
+                self._remove(cid)
+                cid = None
+        image_cfg, _ = self.svc.commits.make_image(base, stage.config, {"created_by": created_by}, cid=cid,
+                                                   author=stage.author, parent=base, cache_key=key, skip_empty=True)
+        if cid is not None:
+            self._remove(cid)
         self._advance(stage, str(image_cfg.id))
 
     def _scratch_base(self) -> str:
@@ -484,7 +494,8 @@ class _Build:
             shown = json.dumps(argv) if instr.json_args is not None else " ".join(argv)
             raise StepFailed(f"The command '{shown}' returned a non-zero code: {code}", code)
         image_cfg, _ = self.svc.commits.make_image(base, stage.config, {"created_by": created_by}, cid=cid,
-                                                   author=stage.author, parent=base, cache_key=key)
+                                                   author=stage.author, parent=base, cache_key=key,
+                                                   skip_empty=True)
         self._finish_container(cid, shown=True)
         self._advance(stage, str(image_cfg.id))
 

@@ -13,10 +13,11 @@ import contextlib
 import copy
 import json
 import logging
+import tarfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from berth.engine.archive import ArchiveService
 from berth.engine.containers import ContainerService
@@ -64,6 +65,11 @@ def commit_config(requested: dict[str, Any] | None, changes: Sequence[str],
     return new
 
 
+def _no_members(f: IO[bytes]) -> bool:
+    with tarfile.open(fileobj=f, mode="r|") as tar:
+        return tar.next() is None
+
+
 class CommitService:
     """Makes images from containers (blocking; call from worker threads)."""
 
@@ -98,10 +104,12 @@ class CommitService:
     def make_image(self, base_id: str, config: dict[str, Any], history: dict[str, Any], *, cid: str | None = None,
                    author: str = "", comment: str = "", tags: Sequence[Reference] = (), parent: str = "",
                    cache_key: str | None = None, created: str = "",
-                   history_entry: bool = True) -> tuple[ImageConfig, list[tuple[str, str | None]]]:
+                   history_entry: bool = True, skip_empty: bool = False,
+                   ) -> tuple[ImageConfig, list[tuple[str, str | None]]]:
         """A new image on ``base_id``'s layers ("" = scratch): plus container ``cid``'s changes as one layer, or no
         new layer (``empty_layer`` history, a build's config-only step) when ``cid`` is None. Returns its config and
-        the tags it took from other images."""
+        the tags it took from other images. ``skip_empty``: a diff with nothing in it adds no layer (a build's
+        ``RUN true``)."""
         if base_id:
             parent_cfg = self.store.config(base_id)
             parent_manifest = self.store.manifest(self.store.db.get(base_id))
@@ -116,11 +124,16 @@ class CommitService:
         self.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         layer_file = self.scratch / f"commit-{uuid.uuid4().hex}.tar"
         try:
+            if cid is not None:
+                with open(layer_file, "w+b") as f:
+                    diff_id = self.archive.write_layer(cid, f)
+                    f.seek(0)
+                    if skip_empty and _no_members(f):
+                        cid = None  # dockerd's build steps: an empty diff is no layer, only history
+                    else:
+                        diff_ids.append(str(diff_id))
             if cid is None:
                 history["empty_layer"] = True
-            else:
-                with open(layer_file, "w+b") as f:
-                    diff_ids.append(str(self.archive.write_layer(cid, f)))
             cfg_doc = {k: v for k, v in base_doc.items() if k not in _DROPPED_KEYS}
             cfg_doc.update({
                 "created": created,
