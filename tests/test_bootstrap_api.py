@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,43 @@ def test_bootstrap_python(mirror: str, berthd_factory: Any) -> None:
     assert {"usr/bin/python3", "usr/bin/pip3", "usr/local/bin/python", "etc/debian_version"} <= names
     up_to_date = berth(daemon, "image", "bootstrap", "python:3.11-slim")
     assert up_to_date.stdout == "Status: Image is up to date for python:3.11\n"
+
+    # the README's walkthrough on that image: build the Python API, run it with a port on localhost, a data folder
+    # and a single settings file mounted, then replace the file the way editors save it
+    example = Path(__file__).resolve().parent.parent / "examples" / "walkthrough"
+    built = berth(daemon, "build", "-t", "walkthrough-api", str(example))
+    assert built.returncode == 0 and "Successfully tagged walkthrough-api:latest" in built.stdout, built.stderr
+    host = daemon.data_root.parent / "walkthrough"
+    (host / "notes").mkdir(parents=True)
+    (host / "notes" / "first.txt").write_text("from the host\n")
+    (host / "settings.json").write_text('{"version": 1}\n')
+    run = berth(daemon, "run", "-d", "--name", "api", "-p", "127.0.0.1::8000", "-v", f"{host / 'notes'}:/data",
+                "-v", f"{host / 'settings.json'}:/config/settings.json:ro", "walkthrough-api")
+    assert run.returncode == 0, run.stderr
+    url = "http://" + berth(daemon, "port", "api", "8000").stdout.strip()
+    assert json.loads(_http(url + "/api/notes")) == [{"file": "first.txt", "text": "from the host"}]
+    created = json.loads(_http(url + "/api/notes", b"from the container"))
+    assert (host / "notes" / created["file"]).read_text() == "from the container\n"
+    (host / "settings.new").write_text('{"version": 2}\n')
+    os.rename(host / "settings.new", host / "settings.json")
+    deadline = time.monotonic() + 5
+    while json.loads(_http(url + "/api/settings")) != {"version": 2} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert json.loads(_http(url + "/api/settings")) == {"version": 2}
+    again = berth(daemon, "build", "-t", "walkthrough-api", str(example))
+    assert again.stdout.count(" ---> Using cache") == 6, again.stdout
+    daemon.docker("rm", "-f", "api")
+
+
+def _http(url: str, data: bytes | None = None) -> str:
+    """One request to a published port, retried while the app starts; no proxy from the environment."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with opener.open(urllib.request.Request(url, data=data), timeout=5) as resp:
+                return resp.read().decode()  # type: ignore[no-any-return]
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
