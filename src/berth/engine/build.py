@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import email.message
 import hashlib
 import json
 import logging
@@ -24,17 +25,19 @@ import posixpath
 import queue
 import shutil
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import berth.build.context as build_context
 import berth.build.dockerfile as df
-from berth.engine.archive import ArchiveService
+from berth.engine.archive import ArchiveService, canonical
 from berth.engine.commit import CommitService
 from berth.engine.containers import ContainerService
 from berth.engine.images import ImageService
@@ -42,7 +45,7 @@ from berth.engine.registry import RegistryService, credentials_from, registry_do
 from berth.engine.running import ContainerRunner
 from berth.errors import BerthError, InvalidArgument, NoSuchImage, NotFound
 from berth.oci.reference import parse
-from berth.runtime.users import resolve_user
+from berth.runtime.users import parse_group, parse_passwd, read_in_root
 
 log = logging.getLogger("berth.engine.build")
 
@@ -184,15 +187,19 @@ class BuildService:
 
     # --- the whole build -------------------------------------------------------------------------------
 
-    def build(self, body: Any, opts: BuildOptions, emit: Emit, loop: asyncio.AbstractEventLoop) -> str:
-        """Build from the request body (a context tar or a Dockerfile); returns the image ID."""
+    def build(self, body: Any, opts: BuildOptions, emit: Emit, loop: asyncio.AbstractEventLoop,
+              alive: Callable[[], None] = lambda: None) -> str:
+        """Build from the request body (a context tar or a Dockerfile); returns the image ID.
+
+        ``alive`` raises once the client has gone; the build calls it while a RUN step is silent, so that a
+        disconnected client's build stops and its container goes (dockerd cancels the build's context)."""
         self.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
         workdir = Path(tempfile.mkdtemp(prefix="build-", dir=self.scratch))
         out = _Output(emit, opts.quiet)
         try:
             ctx = build_context.open_context(body, workdir, opts.dockerfile or "Dockerfile")
             parsed = df.parse(ctx.dockerfile, name=ctx.dockerfile_name)
-            run = _Build(self, opts, out, loop, ctx.root, parsed)
+            run = _Build(self, opts, out, loop, ctx.root, parsed, alive)
             try:
                 image_id = run.build()
             except BerthError as e:
@@ -240,8 +247,9 @@ class _Build:
     """One build's state: the stages built so far and the step counter."""
 
     def __init__(self, svc: BuildService, opts: BuildOptions, out: _Output, loop: asyncio.AbstractEventLoop,
-                 context_root: Path, parsed: df.Dockerfile) -> None:
+                 context_root: Path, parsed: df.Dockerfile, alive: Callable[[], None] = lambda: None) -> None:
         self.svc = svc
+        self.alive = alive
         self.opts = opts
         self.out = out
         self.loop = loop
@@ -410,11 +418,11 @@ class _Build:
         elif kw == "arg":
             detail = []
             for name, default in df.arg_decls(instr, env, esc):
+                # moby's dispatchArg commits "ARG name=default": the value given with --build-arg is not in the key
+                detail.append([name, default])
                 if default is None and name in self.global_args:
                     default = self.global_args[name]
-                value = self._arg_value(name, default)
-                stage.args[name] = value
-                detail.append([name, value])
+                stage.args[name] = self._arg_value(name, default)
             shown = instr.original
         elif kw == "shell":
             if instr.json_args is None:
@@ -472,7 +480,9 @@ class _Build:
         argv = df.command(instr, shell)
         if instr.json_args is None and not instr.rest.strip():
             raise InvalidArgument("RUN requires at least one argument")
-        build_env = {k: v for k, v in stage.args.items() if v is not None}
+        # moby's BuildArgs.FilterAllowed: an ARG that ENV also sets is the ENV's, not a build arg of the RUN
+        env_keys = {e.partition("=")[0] for e in stage.config.get("Env") or []}
+        build_env = {k: v for k, v in stage.args.items() if v is not None and k not in env_keys}
         proxies = {k: v for k, v in self.opts.buildargs.items() if k in BUILTIN_ARGS and v is not None}
         # dockerd's record of a RUN with build args: "|2 A=1 B=2 /bin/sh -c ..."
         prefix = f"|{len(build_env)} " + " ".join(f"{k}={v}" for k, v in sorted(build_env.items())) + " " \
@@ -526,7 +536,7 @@ class _Build:
         with self._source_root(source, env) as (root, label):
             urls = [s for s in srcs if kw == "ADD" and _is_url(s)]
             with tempfile.TemporaryDirectory(dir=self.svc.scratch) as tmp:
-                downloaded = [self._download(u, Path(tmp)) for u in urls]
+                downloaded = [self._download(u, Path(tmp), dest) for u in urls]
                 local = [s for s in srcs if s not in urls]
                 sources = build_context.resolve_sources(root, local, kw) if local else []
                 build_context.check_dest([*sources, *(build_context.Source(p.name, False) for p in downloaded)],
@@ -636,7 +646,11 @@ class _Build:
         fut = asyncio.run_coroutine_threadsafe(go(), self.loop)
         try:
             while True:
-                data = chunks.get()
+                try:
+                    data = chunks.get(timeout=0.25)
+                except queue.Empty:
+                    self.alive()  # a silent step (sleep 30) still notices the client leaving
+                    continue
                 if data is None:
                     break
                 self.out(data.decode("utf-8", "replace"))
@@ -661,37 +675,69 @@ class _Build:
             self.live.discard(cid)
 
     def _owner(self, cid: str, chown: str) -> tuple[int, int]:
+        """moby's ``parseChownFlag``: "user[:group]", a lone user also names the group (not the user's own gid)."""
+        parts = chown.split(":")
+        if len(parts) > 2:
+            raise InvalidArgument(f"unable to convert uid/gid chown string to host mapping: invalid chown string "
+                                  f"format: {chown}")
+        user, group = parts[0], parts[-1]
         with self.svc.archive.root(cid) as fd:
+            root = f"/proc/self/fd/{fd}"
             try:
-                user = resolve_user(f"/proc/self/fd/{fd}", chown)
+                uid = _chown_id(user, "user", lambda: [(e.name, e.uid) for e in parse_passwd(
+                    read_in_root(root, "/etc/passwd"))])
+                gid = _chown_id(group, "group", lambda: [(e.name, e.gid) for e in parse_group(
+                    read_in_root(root, "/etc/group"))])
             except BerthError as e:
                 raise InvalidArgument(f"unable to convert uid/gid chown string to host mapping: {e}") from None
-        return user.uid, user.gid
+        return uid, gid
+
+    def _in_root(self, cid: str, path: str) -> str:
+        """``path`` with its symlinks followed inside the container's root (moby's ``ResolveScopedPath``)."""
+        with self.svc.archive.root(cid) as fd:
+            try:
+                return "/" + "/".join(canonical(fd, [p for p in path.split("/") if p]))
+            except OSError as e:
+                raise InvalidArgument(f"failed to copy files: {path}: {e.strerror or e}") from None
 
     def _dest_is_dir(self, cid: str, dest: str) -> bool:
         try:
-            return self.svc.archive.stat_path(cid, dest.rstrip("/") or "/").is_dir
+            return self.svc.archive.stat_path(cid, self._in_root(cid, dest)).is_dir
         except NotFound:
             return False
 
     def _extract(self, cid: str, target: str, stream: Any, owner: tuple[int, int] | None) -> None:
+        # a destination below a symlink (/link -> /tmp) lands where the link points, inside the root
+        target = self._in_root(cid, target)
         self.svc.archive.ensure_dir(cid, target, *(owner or (0, 0)))
         stream.seek(0)
         self.svc.archive.put_archive(cid, target, stream)
 
-    def _download(self, url: str, into: Path) -> Path:
-        """ADD <url>: the file, named after the URL's last path component (0600, as dockerd)."""
-        name = posixpath.basename(urllib.parse.urlparse(url).path) or "__unnamed__"
-        path = into / f"dl-{uuid.uuid4().hex}" / name
-        path.parent.mkdir()
+    def _download(self, url: str, into: Path, dest: str) -> Path:
+        """ADD <url>: the file (0600), named as moby's ``downloadSource`` and ``getCopyInfoForSourcePath`` do."""
+        mtime = 0.0  # moby: the Last-Modified time, else the zero time (the epoch)
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp, open(path, "wb") as f:
-                if resp.status >= 400:
-                    raise InvalidArgument(f"failed to GET {url} with status {resp.status} {resp.reason}")
-                shutil.copyfileobj(resp, f)
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                name = _download_name(urllib.parse.urlparse(url).path, resp.headers.get("Content-Disposition"))
+                if not name and dest.endswith("/"):
+                    raise InvalidArgument(f"cannot determine filename for source {url}")
+                path = into / f"dl-{uuid.uuid4().hex}" / (name or "__unnamed__")
+                path.parent.mkdir()
+                with open(path, "wb") as f:
+                    shutil.copyfileobj(resp, f)
+                with contextlib.suppress(TypeError, ValueError, OverflowError):
+                    mtime = parsedate_to_datetime(resp.headers.get("Last-Modified") or "").timestamp()
+        except urllib.error.HTTPError as e:
+            # moby's remotecontext.GetWithStatusError: the status line as sent, then the trimmed body
+            body = e.read().decode("utf-8", "replace").strip()
+            kind = NotFound if e.code == 404 else InvalidArgument
+            raise kind(f"failed to GET {url} with status {e.code} {e.reason}: {body}") from None
+        except urllib.error.URLError as e:
+            raise InvalidArgument(f"Get \"{url}\": {e.reason}") from None
         except OSError as e:
-            raise InvalidArgument(f"failed to GET {url}: {e}") from None
+            raise InvalidArgument(f"Get \"{url}\": {e.strerror or e}") from None
         os.chmod(path, 0o600)
+        os.utime(path, (mtime, mtime))
         return path
 
     # --- images and the cache ----------------------------------------------------------------------------
@@ -706,14 +752,14 @@ class _Build:
     def _cached(self, stage: _Stage, key: str) -> bool:
         """Reuse the image an earlier build made for this step on this parent; say why when there is none."""
         parent = stage.image or self._scratch_base()
-        if not self.opts.nocache:
+        # moby's imageProber: after the first miss the stage probes no more (reset at each FROM)
+        if not self.opts.nocache and not stage.rebuilt:
             hit = self.svc.store.db.cached(parent, key)
             if hit is not None:
                 self.out(" ---> Using cache\n")
                 self._advance(stage, hit)
                 return True
-            if not stage.rebuilt:
-                self.out(f" ---> Cache miss: {self._why(parent, key)}\n")
+            self.out(f" ---> Cache miss: {self._why(parent, key)}\n")
         stage.rebuilt = True
         return False
 
@@ -730,6 +776,30 @@ class _Build:
         stage.image = image_id
         stage.config = copy.deepcopy(self.svc.store.config(image_id).config)
         self.out(f" ---> {image_id.removeprefix('sha256:')[:12]}\n")
+
+
+def _chown_id(name: str, kind: str, table: Callable[[], list[tuple[str, int]]]) -> int:
+    """moby's ``lookupUser``/``lookupGroup``: a number as is, else the first entry with that name."""
+    if name.isdigit():
+        return int(name)
+    found = next((number for entry, number in table() if entry == name), None)
+    if found is None:
+        what = "uid for user" if kind == "user" else "gid for group"
+        raise InvalidArgument(f"can't find {what} {name}: no such {kind}: {name}")
+    return found
+
+
+def _download_name(path: str, disposition: str | None) -> str:
+    """moby's ``getFilenameForDownload``: the URL path's last component, else Content-Disposition's filename."""
+    if path and not path.endswith("/") and posixpath.basename(path):
+        return posixpath.basename(path)
+    if disposition:
+        msg = email.message.Message()
+        msg["content-disposition"] = disposition
+        filename = msg.get_param("filename", header="content-disposition")
+        if isinstance(filename, str) and filename and not filename.endswith("/"):
+            return posixpath.basename(filename)
+    return ""
 
 
 def _is_url(src: str) -> bool:

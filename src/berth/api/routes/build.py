@@ -35,7 +35,7 @@ def register(router: Router) -> None:
             def message(msg: dict[str, Any]) -> None:
                 emit(json_line(msg))
             try:
-                builds.build(body, opts, message, loop)
+                builds.build(body, opts, message, loop, alive=lambda: emit(b""))  # emit raises once the client left
             except StepFailed as e:  # the CLI exits with the RUN step's code
                 message({"errorDetail": {"code": e.code, "message": e.message}, "error": e.message})
         return StreamResponse(thread_stream(work))
