@@ -273,6 +273,10 @@ def test_hostile_put_and_get_archive(daemon: Any, tmp_path: Path) -> None:
         assert api.put_archive(ctr, "/", evil)
         assert not (Path("/tmp") / marker).exists()
         assert _cat(daemon, ctr, f"/tmp/{marker}") == b"x"
+        # the extraction point itself a symlink to a directory: followed, inside the container (dockerd too)
+        assert api.put_archive(ctr, "/evil", tarcraft.tar([tarcraft.file(f"{marker}-via-link", b"y")]))
+        assert not (Path("/tmp") / f"{marker}-via-link").exists()
+        assert _cat(daemon, ctr, f"/tmp/{marker}-via-link") == b"y"
 
         climb = tarcraft.tar([tarcraft.file(f"../../../../tmp/{marker}-climb", b"x")])
         status, _, body = request(daemon.http(), "PUT", f"/containers/{ctr}/archive?path=/tmp", body=climb)

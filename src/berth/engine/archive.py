@@ -779,11 +779,19 @@ class ArchiveService:
                     st = fsops.lstat_at(pfd, req.base)
                     if st is None:
                         raise _not_found(req.shown, ref)
-                    if not stat.S_ISDIR(st.st_mode):
+                    if not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
                         raise InvalidArgument("extraction point is not a directory")
             finally:
                 os.close(pfd)
             dest = canonical(root_fd, [*req.parent, *([req.base] if req.base else [])])
+            try:  # a final symlink is followed inside the root, as dockerd's FollowSymlinkInScope does
+                os.close(fsops.open_dir(root_fd, dest))
+            except OSError as e:
+                if e.errno == errno.ENOTDIR:
+                    raise InvalidArgument("extraction point is not a directory") from None
+                if e.errno in _MISSING:
+                    raise _not_found(req.shown, ref) from None
+                raise _fs_error(e, req.shown) from e
             self._check_writable(doc, "/" + "/".join(dest))
             owner = None
             if copy_uid_gid:
