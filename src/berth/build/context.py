@@ -16,34 +16,27 @@ Imports: errors, dockerignore, layers, kernel.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import errno
 import hashlib
 import io
-import lzma
 import os
 import posixpath
 import stat
 import tarfile
 import tempfile
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, cast
 
-import zstandard
-
 from berth.dockerignore import BadPattern, Matcher, fnmatch, has_wildcards, parse
 from berth.errors import InternalError, InvalidArgument
 from berth.kernel import fsops
-from berth.layers.compression import GZIP_MAGIC, ZSTD_MAGIC, open_decompressed
+from berth.layers.compression import open_decompressed, read_full
 
 BLOCK = 512
 CHUNK = 1 << 20
-BZIP2_MAGIC = b"BZh"
-XZ_MAGIC = b"\xfd7zXZ\x00"
 DEFAULT_DOCKERFILE = "Dockerfile"
 IGNORE_FILE = ".dockerignore"
 MAX_LINKS = 255  # moby/sys/symlink's limit when following links in scope
@@ -119,77 +112,6 @@ class _Padded(io.RawIOBase):
         return n
 
 
-class _StdlibDecompressed(io.RawIOBase):
-    """bzip2 or xz as a stream (``bz2``/``lzma`` decompressors, output bounded per read)."""
-
-    def __init__(self, stream: BinaryIO, decompressor: bz2.BZ2Decompressor | lzma.LZMADecompressor) -> None:
-        self._stream = stream
-        self._d = decompressor
-        self._input = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
-        while not self._d.eof:
-            if self._d.needs_input and not self._input:
-                self._input = self._stream.read(CHUNK)
-                if not self._input:
-                    raise InvalidArgument("unexpected EOF")
-            try:
-                out = self._d.decompress(self._input, len(b))
-            except (OSError, lzma.LZMAError) as e:
-                raise InvalidArgument(f"invalid compressed build context: {e}") from e
-            self._input = b""
-            if out:
-                b[: len(out)] = out
-                return len(out)
-        return 0
-
-
-def _read_full(stream: BinaryIO, n: int) -> bytes:
-    parts: list[bytes] = []
-    while n > 0:
-        data = stream.read(n)
-        if not data:
-            break
-        parts.append(data)
-        n -= len(data)
-    return b"".join(parts)
-
-
-class _Rest(io.RawIOBase):
-    """``head`` followed by the rest of ``stream`` (undoes a sniffing read)."""
-
-    def __init__(self, head: bytes, stream: BinaryIO) -> None:
-        self._head = head
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
-        if self._head:
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._stream.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-
-def _decompressed(stream: BinaryIO) -> BinaryIO:
-    """The body without its compression, sniffed by magic bytes like moby's ``compression.DecompressStream``."""
-    head = _read_full(stream, 6)
-    raw = cast(BinaryIO, io.BufferedReader(_Rest(head, stream), CHUNK))
-    if head.startswith(BZIP2_MAGIC):
-        return cast(BinaryIO, io.BufferedReader(_StdlibDecompressed(raw, bz2.BZ2Decompressor()), CHUNK))
-    if head.startswith(XZ_MAGIC):
-        return cast(BinaryIO, io.BufferedReader(_StdlibDecompressed(raw, lzma.LZMADecompressor()), CHUNK))
-    return open_decompressed(raw)  # gzip, zstd or plain
-
-
 def _is_tar_header(block: bytes) -> bool:
     """Whether ``block`` starts a tar archive: a header with a valid checksum, or an end-of-archive block."""
     if len(block) < BLOCK:
@@ -212,8 +134,8 @@ def open_context(stream: BinaryIO, workdir: Path, dockerfile: str = DEFAULT_DOCK
     """
     root = Path(tempfile.mkdtemp(prefix="context-", dir=workdir))
     try:
-        body = _decompressed(stream)
-        head = _read_full(body, BLOCK)
+        body = open_decompressed(stream)
+        head = read_full(body, BLOCK)
         if head and not _is_tar_header(head):
             return BuildContext(root, head + body.read(), dockerfile)
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -714,9 +636,6 @@ def copy_tar(root: Path, sources: Sequence[Source], dest: str, dest_is_dir: bool
     return target_dir
 
 
-_TAR_MAGICS = (GZIP_MAGIC, BZIP2_MAGIC, XZ_MAGIC, ZSTD_MAGIC)
-
-
 def is_archive(path: Path) -> bool:
     """Whether ADD extracts this local file (moby's ``archive.IsArchivePath``): a tar, maybe gzip/bzip2/xz/zstd.
 
@@ -729,19 +648,10 @@ def is_archive(path: Path) -> bool:
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             return False
-        raw = f.read(64 * 1024)
         try:
-            if raw.startswith(GZIP_MAGIC):
-                head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, BLOCK)
-            elif raw.startswith(BZIP2_MAGIC):
-                head = bz2.BZ2Decompressor().decompress(raw, BLOCK)
-            elif raw.startswith(XZ_MAGIC):
-                head = lzma.LZMADecompressor().decompress(raw, BLOCK)
-            elif raw.startswith(ZSTD_MAGIC):
-                head = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read(BLOCK)
-            else:
-                head = raw[:BLOCK]
-        except (OSError, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError):
+            with open_decompressed(cast(BinaryIO, f)) as body:
+                head = read_full(body, BLOCK)
+        except (InvalidArgument, OSError, EOFError):
             return False
     # Go's tar reader reports io.EOF (not an archive) for an archive that is only end-of-archive blocks
     return len(head) >= BLOCK and head[:BLOCK] != bytes(BLOCK) and _is_tar_header(head)

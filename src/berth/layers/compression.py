@@ -11,7 +11,9 @@ Corrupt or truncated input raises ``InvalidArgument`` ("unexpected EOF" for trun
 
 from __future__ import annotations
 
+import bz2
 import io
+import lzma
 import queue
 import threading
 import types
@@ -34,6 +36,8 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps pulls
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BZIP2_MAGIC = b"BZh"
+XZ_MAGIC = b"\xfd7zXZ\x00"
 READ_SIZE = 1 << 20
 AHEAD_CHUNK = 1 << 20   # inflated bytes handed over per queue item
 AHEAD_ITEMS = 8         # how far the inflating thread may run ahead (bounded memory)
@@ -48,7 +52,8 @@ def detect(head: bytes) -> str:
     return "none"
 
 
-def _read_full(stream: BinaryIO, n: int) -> bytes:
+def read_full(stream: BinaryIO, n: int) -> bytes:
+    """``n`` bytes, fewer only at the end of ``stream``."""
     parts: list[bytes] = []
     while n > 0:
         chunk = stream.read(n)
@@ -305,10 +310,42 @@ class _ZstdReader(io.RawIOBase):
         return n
 
 
+class _StdlibReader(io.RawIOBase):
+    """bzip2 or xz as a stream (``bz2``/``lzma`` decompressors, output bounded per read)."""
+
+    def __init__(self, stream: BinaryIO, decompressor: bz2.BZ2Decompressor | lzma.LZMADecompressor) -> None:
+        self._stream = stream
+        self._d = decompressor
+        self._input = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        while not self._d.eof:
+            if self._d.needs_input and not self._input:
+                self._input = self._stream.read(READ_SIZE)
+                if not self._input:
+                    raise InvalidArgument("unexpected EOF")
+            try:
+                out = self._d.decompress(self._input, len(b))
+            except (OSError, lzma.LZMAError) as e:
+                raise InvalidArgument(f"invalid compressed data: {e}") from e
+            self._input = b""
+            if out:
+                b[: len(out)] = out
+                return len(out)
+        return 0
+
+
 def open_decompressed(stream: BinaryIO) -> BinaryIO:
-    """A readable stream of the uncompressed bytes of ``stream`` (gzip, zstd or plain, sniffed)."""
-    head = _read_full(stream, 4)
+    """A readable stream of the uncompressed bytes of ``stream`` (gzip, zstd, bzip2, xz or plain, sniffed like
+    moby's ``DecompressStream``; bzip2 and xz only reach here in build contexts and ADD archives)."""
+    head = read_full(stream, 6)
     raw = _Prefixed(head, stream)
+    if head.startswith(BZIP2_MAGIC) or head.startswith(XZ_MAGIC):
+        decompressor = bz2.BZ2Decompressor() if head.startswith(BZIP2_MAGIC) else lzma.LZMADecompressor()
+        return cast(BinaryIO, io.BufferedReader(_StdlibReader(cast(BinaryIO, raw), decompressor), READ_SIZE))
     kind = detect(head)
     if kind == "gzip":
         return cast(BinaryIO, io.BufferedReader(_ReadAhead(_GzipReader(cast(BinaryIO, raw))), READ_SIZE))
