@@ -34,7 +34,7 @@ def daemon(shared_berthd: Any) -> Any:
     return shared_berthd
 
 
-def _context(root: Path, files: dict[str, str | bytes]) -> Path:
+def make_context(root: Path, files: dict[str, str | bytes]) -> Path:
     for name, content in files.items():
         p = root / name
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -42,22 +42,23 @@ def _context(root: Path, files: dict[str, str | bytes]) -> Path:
     return root
 
 
-def _build(daemon: Any, ctx: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return daemon.docker("build", *args, str(ctx), check=check)
+def build(daemon: Any, ctx: Path | str, *args: str, check: bool = True,
+          input: bytes | str | None = None) -> subprocess.CompletedProcess[str]:
+    return daemon.docker("build", *args, str(ctx), check=check, input=input)  # type: ignore[no-any-return]
 
 
-def _inspect(daemon: Any, ref: str) -> dict[str, Any]:
+def inspect_image(daemon: Any, ref: str) -> dict[str, Any]:
     return json.loads(daemon.docker("image", "inspect", ref).stdout)[0]  # type: ignore[no-any-return]
 
 
 def test_the_fixtures_dockerfile_gives_dockers_image(daemon: Any, tmp_path: Path) -> None:
     greeting = daemon.docker("run", "--rm", "berth-fixture/multilayer:1.0").stdout
-    ctx = _context(tmp_path / "ctx", {"Dockerfile": (FIXTURES / "multilayer.Dockerfile").read_text(),
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": (FIXTURES / "multilayer.Dockerfile").read_text(),
                                       "greeting.txt": greeting})
-    res = _build(daemon, ctx, "-t", "rebuilt:1")
+    res = build(daemon, ctx, "-t", "rebuilt:1")
     assert "Step 1/11 : FROM busybox" in res.stdout and "Successfully tagged rebuilt:1\n" in res.stdout
     assert " ---> Running in " in res.stdout
-    ours, theirs = _inspect(daemon, "rebuilt:1"), _inspect(daemon, "berth-fixture/multilayer:1.0")
+    ours, theirs = inspect_image(daemon, "rebuilt:1"), inspect_image(daemon, "berth-fixture/multilayer:1.0")
     for key in ("Env", "WorkingDir", "ExposedPorts", "Volumes", "Labels", "Cmd", "Entrypoint", "User"):
         assert ours["Config"][key] == theirs["Config"][key], key
     assert len(ours["RootFS"]["Layers"]) == len(theirs["RootFS"]["Layers"])
@@ -79,41 +80,41 @@ def test_the_fixtures_dockerfile_gives_dockers_image(daemon: Any, tmp_path: Path
 
 
 def test_cache_reuses_steps_and_says_why_it_missed(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "ctx", {
+    ctx = make_context(tmp_path / "ctx", {
         "Dockerfile": "FROM busybox\nRUN echo built > /built\nCOPY app.txt /app/\nRUN cat /app/app.txt\n",
         "app.txt": "v1\n",
     })
-    first = _build(daemon, ctx, "-t", "cached:1")
+    first = build(daemon, ctx, "-t", "cached:1")
     assert first.stdout.count("Using cache") == 0
-    again = _build(daemon, ctx, "-t", "cached:2")
+    again = build(daemon, ctx, "-t", "cached:2")
     assert again.stdout.count(" ---> Using cache") == 3, again.stdout
-    assert _inspect(daemon, "cached:1")["Id"] == _inspect(daemon, "cached:2")["Id"]
+    assert inspect_image(daemon, "cached:1")["Id"] == inspect_image(daemon, "cached:2")["Id"]
     (ctx / "app.txt").write_text("v2\n")
-    changed = _build(daemon, ctx, "-t", "cached:3")
+    changed = build(daemon, ctx, "-t", "cached:3")
     assert changed.stdout.count(" ---> Using cache") == 1  # the RUN before the COPY
     assert " ---> Cache miss: this instruction ran here before with other inputs" in changed.stdout
     assert "v2" in changed.stdout
-    nocache = _build(daemon, ctx, "--no-cache", "-t", "cached:4")
+    nocache = build(daemon, ctx, "--no-cache", "-t", "cached:4")
     assert "Using cache" not in nocache.stdout and "Cache miss" not in nocache.stdout
     # intermediate images: hidden from `docker images`, shown with -a, removed with the image
     plain = daemon.docker("images", "-q", "--no-trunc").stdout.split()
     everything = daemon.docker("images", "-a", "-q", "--no-trunc").stdout.split()
     assert len(everything) > len(plain)
-    assert _inspect(daemon, "cached:3")["Parent"].startswith("sha256:")
+    assert inspect_image(daemon, "cached:3")["Parent"].startswith("sha256:")
     removed = daemon.docker("rmi", "cached:4").stdout
     assert removed.count("Deleted: ") == 3  # the image and its two intermediates (FROM busybox stays)
 
 
 def test_a_failing_run_fails_the_build_with_its_code(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo before; exit 3\nRUN echo never\n"})
-    res = _build(daemon, ctx, check=False)
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo before; exit 3\nRUN echo never\n"})
+    res = build(daemon, ctx, check=False)
     assert res.returncode == 3, res
     assert "The command '/bin/sh -c echo before; exit 3' returned a non-zero code: 3" in res.stderr
     assert "before\n" in res.stdout and "never" not in res.stdout
 
 
 def test_multi_stage_target_args(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "ctx", {"Dockerfile": (
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": (
         "ARG BASE=busybox\n"
         "FROM ${BASE} AS builder\n"
         "ARG GREETING=hello\n"
@@ -123,18 +124,18 @@ def test_multi_stage_target_args(daemon: Any, tmp_path: Path) -> None:
         "FROM $BASE\n"
         "COPY --from=builder /out/msg /msg\n"
         "CMD [\"cat\", \"/msg\"]\n")})
-    res = _build(daemon, ctx, "-t", "multi:1", "--build-arg", "GREETING=hi", "--build-arg", "UNUSED=1")
+    res = build(daemon, ctx, "-t", "multi:1", "--build-arg", "GREETING=hi", "--build-arg", "UNUSED=1")
     assert "Step 1/9 : ARG BASE=busybox" in res.stdout
     assert "[Warning] One or more build-args [UNUSED] were not consumed" in res.stdout
     assert daemon.docker("run", "--rm", "multi:1").stdout == "hi from builder\n"
-    res = _build(daemon, ctx, "-t", "multi:tester", "--target", "tester")
+    res = build(daemon, ctx, "-t", "multi:tester", "--target", "tester")
     assert daemon.docker("run", "--rm", "multi:tester", "cat", "/t").stdout == "tester-ran\n"
-    res = _build(daemon, ctx, "--target", "nosuch", check=False)
+    res = build(daemon, ctx, "--target", "nosuch", check=False)
     assert res.returncode != 0 and 'target stage "nosuch" could not be found' in res.stderr
 
 
 def test_dockerignore_stdin_dockerfile_and_errors(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "ctx", {
+    ctx = make_context(tmp_path / "ctx", {
         ".dockerignore": "secret*\n*.log\n!keep.log\n",
         "secret.txt": "no", "a.log": "no", "keep.log": "yes", "app/main.py": "print('hi')\n",
     })
@@ -170,10 +171,10 @@ def test_scratch_copy_symlinks_stay_links_and_add_extracts_safely(daemon: Any, t
         f = tarfile.TarInfo("escape/pwned")
         f.size = len(data)
         tf.addfile(f, io.BytesIO(data))
-    ctx = _context(tmp_path / "ctx", {"bundle.tar.gz": buf.getvalue(), "hello": "hello\n"})
+    ctx = make_context(tmp_path / "ctx", {"bundle.tar.gz": buf.getvalue(), "hello": "hello\n"})
     os.symlink("/etc/passwd", ctx / "passwd-link")
     (ctx / "Dockerfile").write_text("FROM scratch\nCOPY hello passwd-link /files/\nADD bundle.tar.gz /unpacked/\n")
-    res = _build(daemon, ctx, "-t", "scratchy:1", check=False)
+    res = build(daemon, ctx, "-t", "scratchy:1", check=False)
     # whatever the verdict on the hostile member, nothing may land outside the image
     assert not Path("/pwned").exists()
     if res.returncode == 0:
@@ -188,7 +189,7 @@ def test_scratch_copy_symlinks_stay_links_and_add_extracts_safely(daemon: Any, t
 
 
 def test_docker_py_build_quiet_and_iidfile(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nLABEL via=docker-py\nENV X=1\n"})
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nLABEL via=docker-py\nENV X=1\n"})
     client = daemon.client()
     image, logs = client.images.build(path=str(ctx), tag="pybuilt:1", labels={"extra": "yes"})
     assert image.labels == {"via": "docker-py", "extra": "yes"}

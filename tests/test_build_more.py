@@ -10,7 +10,6 @@ import bz2
 import gzip
 import http.server
 import io
-import json
 import lzma
 import os
 import shutil
@@ -29,6 +28,7 @@ import pytest
 
 from berth.testing.rootfs import FIXTURES
 from berth.testing.waiting import free_port, until
+from test_build_api import build, inspect_image, make_context
 
 pytestmark = [pytest.mark.root, pytest.mark.docker_cli]
 
@@ -73,23 +73,6 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
         thread.join(5)
 
 
-def _context(root: Path, files: dict[str, str | bytes]) -> Path:
-    for name, content in files.items():
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(content.encode() if isinstance(content, str) else content)
-    return root
-
-
-def _build(daemon: Any, ctx: Path | str, *args: str, check: bool = True,
-           input: bytes | str | None = None) -> subprocess.CompletedProcess[str]:
-    return daemon.docker("build", *args, str(ctx), check=check, input=input)  # type: ignore[no-any-return]
-
-
-def _inspect(daemon: Any, ref: str) -> dict[str, Any]:
-    return json.loads(daemon.docker("image", "inspect", ref).stdout)[0]  # type: ignore[no-any-return]
-
-
 def _run(daemon: Any, image: str, script: str, *args: str) -> str:
     return daemon.docker("run", "--rm", *args, image, "sh", "-c", script).stdout  # type: ignore[no-any-return]
 
@@ -112,7 +95,7 @@ def test_add_from_a_url(daemon: Any, web: tuple[str, Path], tmp_path: Path) -> N
     (www / "remote.txt").write_text("from the web\n")
     (www / "remote.tar.gz").write_bytes(_tar({"inside": b"x"}, "w:gz"))  # a remote archive is not extracted
     os.utime(www / "remote.txt", (1_600_000_000, 1_600_000_000))  # Last-Modified becomes the file's mtime
-    ctx = _context(tmp_path / "ctx", {"Dockerfile": (
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": (
         f"FROM busybox\nADD {base}/remote.txt /dl/\nADD {base}/remote.txt /renamed\n"
         "RUN mkdir /isdir\n"
         f"ADD {base}/remote.txt /isdir\n"
@@ -121,21 +104,21 @@ def test_add_from_a_url(daemon: Any, web: tuple[str, Path], tmp_path: Path) -> N
         f"ADD {base}/attachment/ /dl/\n"
         "RUN cat /dl/named.txt\n"
         "RUN stat -c '%a %Y %n' /dl/remote.txt /renamed /isdir/remote.txt && cat /renamed\n")})
-    res = _build(daemon, ctx, "-t", "addurl:1")
+    res = build(daemon, ctx, "-t", "addurl:1")
     assert "600 1600000000 /dl/remote.txt\n600 1600000000 /renamed\n600 1600000000 /isdir/remote.txt\n" \
         "from the web\n" in res.stdout and "disposed\n" in res.stdout, res.stdout
-    ctx = _context(tmp_path / "ctx404", {"Dockerfile": f"FROM busybox\nADD {base}/missing.txt /dl/\n"})
-    res = _build(daemon, ctx, check=False)
+    ctx = make_context(tmp_path / "ctx404", {"Dockerfile": f"FROM busybox\nADD {base}/missing.txt /dl/\n"})
+    res = build(daemon, ctx, check=False)
     assert res.returncode != 0
     (ctx / "Dockerfile").write_text(f"FROM busybox\nADD {base}/ /dl/\n")
-    nameless = _build(daemon, ctx, check=False)
+    nameless = build(daemon, ctx, check=False)
     assert nameless.returncode != 0 and f"cannot determine filename for source {base}/" in nameless.stderr
     assert f"failed to GET {base}/missing.txt with status 404 File not found: " in res.stderr, res.stderr
 
 
 def test_add_extracts_local_archives(daemon: Any, tmp_path: Path) -> None:
     files = {"a/one.txt": b"one\n", "two.txt": b"two\n"}
-    ctx = _context(tmp_path / "ctx", {
+    ctx = make_context(tmp_path / "ctx", {
         "plain.tar": _tar(files), "gz.tar.gz": _tar(files, "w:gz"), "xz.tar.xz": _tar(files, "w:xz"),
         "bz.tar.bz2": _tar(files, "w:bz2"), "notatar.gz": gzip.compress(b"just gzip\n"),
         "file.txt": "plain\n",
@@ -143,7 +126,7 @@ def test_add_extracts_local_archives(daemon: Any, tmp_path: Path) -> None:
                        "ADD notatar.gz file.txt /n/\n"
                        "RUN cd / && find p g x b n -type f | sort && cat /g/a/one.txt /x/two.txt\n"),
     })
-    res = _build(daemon, ctx)
+    res = build(daemon, ctx)
     listing = [line for line in res.stdout.splitlines() if line[:2] in ("p/", "g/", "x/", "b/", "n/")]
     assert listing == ["b/a/one.txt", "b/two.txt", "g/a/one.txt", "g/two.txt", "n/file.txt", "n/notatar.gz",
                        "p/a/one.txt", "p/two.txt", "x/a/one.txt", "x/two.txt"], res.stdout
@@ -155,7 +138,7 @@ def test_add_extracts_local_archives(daemon: Any, tmp_path: Path) -> None:
 
 
 def test_copy_from_images_stages_and_chown(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "ctx", {"f.txt": "f\n", "Dockerfile": (
+    ctx = make_context(tmp_path / "ctx", {"f.txt": "f\n", "Dockerfile": (
         "FROM busybox AS first\nRUN echo zero > /zero\n"
         "FROM busybox\n"
         "RUN echo 'app:x:1001:1001::/:/bin/sh' >> /etc/passwd && echo 'appgrp:x:2002:' >> /etc/group"
@@ -167,19 +150,19 @@ def test_copy_from_images_stages_and_chown(daemon: Any, tmp_path: Path) -> None:
         "COPY --chown=app f.txt /owned/useronly\n"
         "COPY --chown=42 f.txt /owned/numonly\n"
         "RUN stat -c '%u:%g %n' /owned/* && cat /zero && /copied/busybox true && echo ok\n")})
-    res = _build(daemon, ctx)
+    res = build(daemon, ctx)
     assert ("1001:2002 /owned/byname\n1234:5678 /owned/bynum\n42:42 /owned/numonly\n1001:3003 /owned/useronly\n"
             "zero\nok\n") in res.stdout, res.stdout
-    ctx = _context(tmp_path / "ctx2", {"f.txt": "f\n",
+    ctx = make_context(tmp_path / "ctx2", {"f.txt": "f\n",
                                        "Dockerfile": "FROM busybox\nCOPY --chown=nosuchuser f.txt /x\n"})
-    res = _build(daemon, ctx, check=False)
+    res = build(daemon, ctx, check=False)
     assert res.returncode != 0, res
     assert ("unable to convert uid/gid chown string to host mapping: can't find uid for user nosuchuser: "
             "no such user: nosuchuser") in res.stderr, res.stderr
 
 
 def test_copy_semantics(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "ctx", {
+    ctx = make_context(tmp_path / "ctx", {
         "dir/sub/deep.txt": "deep\n", "dir/top.txt": "top\n", "a.txt": "a\n", "b.txt": "b\n", "c.md": "c\n",
         "Dockerfile": (
             "FROM busybox\n"
@@ -192,22 +175,22 @@ def test_copy_semantics(daemon: Any, tmp_path: Path) -> None:
             "COPY c.md here.md\n"
             "COPY a.txt /link/\n"
             "RUN find /d1 /wild /existing /work /tmp/a.txt | sort && test -L /link && echo link-kept\n")})
-    res = _build(daemon, ctx)
+    res = build(daemon, ctx)
     found = [line for line in res.stdout.splitlines() if line.startswith("/")]
     assert found == ["/d1", "/d1/sub", "/d1/sub/deep.txt", "/d1/top.txt", "/existing", "/existing/a.txt",
                      "/tmp/a.txt", "/wild", "/wild/a.txt", "/wild/b.txt", "/work", "/work/here.md", "/work/rel",
                      "/work/rel/b.txt"], res.stdout
     assert "link-kept" in res.stdout
     (ctx / "Dockerfile").write_text("FROM busybox\nCOPY a.txt b.txt /nodir\n")
-    res = _build(daemon, ctx, check=False)
+    res = build(daemon, ctx, check=False)
     assert res.returncode != 0
     assert "When using COPY with more than one source file, the destination must be a directory and end with a /" \
         in res.stderr
     (ctx / "Dockerfile").write_text("FROM busybox\nCOPY *.txt /nodir\n")
-    res = _build(daemon, ctx, check=False)
+    res = build(daemon, ctx, check=False)
     assert res.returncode != 0 and "the destination must be a directory and end with a /" in res.stderr
     (ctx / "Dockerfile").write_text("FROM busybox\nCOPY nothing* /x/\n")
-    res = _build(daemon, ctx, check=False)
+    res = build(daemon, ctx, check=False)
     assert res.returncode != 0 and "no source files were specified" in res.stderr, res.stderr
 
 
@@ -215,7 +198,7 @@ def test_copy_semantics(daemon: Any, tmp_path: Path) -> None:
 
 
 def test_args_and_env(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "ctx", {"Dockerfile": (
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": (
         "ARG IMG=busybox\nARG V=global\n"
         "FROM $IMG\n"
         "ARG V\n"
@@ -235,7 +218,7 @@ def test_args_and_env(daemon: Any, tmp_path: Path) -> None:
             os.environ["FROMENV"] = env_before
     # docker_env() copies os.environ at call time: the CLI reads FROMENV from it
     assert "v=global fromenv=from-client over=env a=dflt b=set c=x\n" in res.stdout, res.stdout
-    cfg = _inspect(daemon, "args:1")["Config"]
+    cfg = inspect_image(daemon, "args:1")["Config"]
     assert not any(e.startswith(("V=", "FROMENV=")) for e in cfg["Env"])
     assert {"OVER=env", "A=dflt", "B=set", "C=x"} <= set(cfg["Env"])
     history = daemon.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}", "args:1").stdout.splitlines()
@@ -245,7 +228,7 @@ def test_args_and_env(daemon: Any, tmp_path: Path) -> None:
 
 
 def test_user_shell_onbuild_and_config(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "parent", {"Dockerfile": (
+    ctx = make_context(tmp_path / "parent", {"Dockerfile": (
         "FROM busybox\n"
         "ONBUILD RUN echo triggered > /trigger\n"
         "ONBUILD ENV FROM_TRIGGER=yes\n"
@@ -258,9 +241,9 @@ def test_user_shell_onbuild_and_config(daemon: Any, tmp_path: Path) -> None:
         "STOPSIGNAL SIGUSR1\n"
         "EXPOSE 8000-8002/udp 80\n"
         "VOLUME /data /logs\n")})
-    res = _build(daemon, ctx, "-t", "onb-parent:1")
+    res = build(daemon, ctx, "-t", "onb-parent:1")
     assert "+ echo shell-changed\n" in res.stdout and "uid=1234 gid=5678\n" in res.stdout, res.stdout
-    cfg = _inspect(daemon, "onb-parent:1")["Config"]
+    cfg = inspect_image(daemon, "onb-parent:1")["Config"]
     assert cfg["OnBuild"] == ["RUN echo triggered > /trigger", "ENV FROM_TRIGGER=yes"]
     assert cfg["Healthcheck"] == {"Test": ["CMD", "true"], "Interval": 5_000_000_000, "Timeout": 2_000_000_000,
                                   "Retries": 4}
@@ -268,10 +251,10 @@ def test_user_shell_onbuild_and_config(daemon: Any, tmp_path: Path) -> None:
     assert cfg["ExposedPorts"] == {"80/tcp": {}, "8000/udp": {}, "8001/udp": {}, "8002/udp": {}}
     assert cfg["Volumes"] == {"/data": {}, "/logs": {}}
     assert cfg["Shell"] == ["/bin/sh", "-xc"]
-    child = _context(tmp_path / "child", {"Dockerfile": "FROM onb-parent:1\nRUN cat /trigger\n"})
-    res = _build(daemon, child, "-t", "onb-child:1")
+    child = make_context(tmp_path / "child", {"Dockerfile": "FROM onb-parent:1\nRUN cat /trigger\n"})
+    res = build(daemon, child, "-t", "onb-child:1")
     assert "# Executing 2 build triggers\n" in res.stdout and "triggered\n" in res.stdout, res.stdout
-    cfg = _inspect(daemon, "onb-child:1")["Config"]
+    cfg = inspect_image(daemon, "onb-child:1")["Config"]
     assert cfg["OnBuild"] is None and "FROM_TRIGGER=yes" in cfg["Env"]
 
 
@@ -280,17 +263,17 @@ def test_user_shell_onbuild_and_config(daemon: Any, tmp_path: Path) -> None:
 
 def test_dockerignore_exceptions_and_per_dockerfile(daemon: Any, tmp_path: Path) -> None:
     listing = "FROM busybox\nCOPY . /ctx/\nRUN cd /ctx && find . -type f | sort\n"
-    ctx = _context(tmp_path / "ctx", {
+    ctx = make_context(tmp_path / "ctx", {
         ".dockerignore": "**/*.log\n!keep/**/*.log\ndocs\n",
         "a.log": "x", "deep/er/b.log": "x", "keep/sub/c.log": "y", "docs/readme": "x", "src/main.c": "m",
         "Dockerfile": listing, "build/Dockerfile": listing, "build/Dockerfile.dockerignore": "src\n",
     })
-    res = _build(daemon, ctx)
+    res = build(daemon, ctx)
     files = [line for line in res.stdout.splitlines() if line.startswith("./")]
     assert files == ["./.dockerignore", "./Dockerfile", "./build/Dockerfile", "./build/Dockerfile.dockerignore",
                      "./keep/sub/c.log", "./src/main.c"], res.stdout
     # the docker CLI applies the root .dockerignore itself; the daemon then applies <Dockerfile>.dockerignore
-    res = _build(daemon, ctx, "-f", str(ctx / "build" / "Dockerfile"))
+    res = build(daemon, ctx, "-f", str(ctx / "build" / "Dockerfile"))
     files = [line for line in res.stdout.splitlines() if line.startswith("./")]
     assert "./src/main.c" not in files and "./keep/sub/c.log" in files, res.stdout
     # a client that sends everything: <Dockerfile>.dockerignore wins over .dockerignore (BuildKit's rule)
@@ -304,7 +287,7 @@ def test_dockerignore_exceptions_and_per_dockerfile(daemon: Any, tmp_path: Path)
     assert "./src/main.c" not in files and "./a.log" in files and "./docs/readme" in files, chunks
 
 
-def test_stdin_tar_and_remote_context(daemon: Any, web: tuple[str, Path], tmp_path: Path) -> None:
+def test_stdin_tar_and_remotemake_context(daemon: Any, web: tuple[str, Path], tmp_path: Path) -> None:
     context_tar = _tar({"Dockerfile": b"FROM busybox\nCOPY hello /hello\nRUN cat /hello\n", "hello": b"tar-ctx\n"})
     res = daemon.docker("build", "-t", "stdin:1", "-", input=context_tar)
     assert "tar-ctx\n" in res.stdout
@@ -323,14 +306,14 @@ def test_stdin_tar_and_remote_context(daemon: Any, web: tuple[str, Path], tmp_pa
 
 
 def test_network_none_add_host_and_buildkit_flags(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "ctx", {"Dockerfile": (
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": (
         "FROM busybox\nRUN ip -o link | cut -d: -f2 | sed 's/^ */if=/' && grep myhost /etc/hosts\n")})
-    res = _build(daemon, ctx, "--network", "none", "--add-host", "myhost:10.1.2.3", "--no-cache")
+    res = build(daemon, ctx, "--network", "none", "--add-host", "myhost:10.1.2.3", "--no-cache")
     assert [line for line in res.stdout.splitlines() if line.startswith("if=")] == ["if=lo"], res.stdout
     assert "10.1.2.3\tmyhost" in res.stdout or "10.1.2.3 myhost" in res.stdout, res.stdout
     for flag in ("--mount=type=cache,target=/c", "--network=none"):
         (ctx / "Dockerfile").write_text(f"FROM busybox\nRUN {flag} true\n")
-        res = _build(daemon, ctx, check=False)
+        res = build(daemon, ctx, check=False)
         name = flag.split("=", 1)[0]
         assert res.returncode != 0
         assert f"the {name} option requires BuildKit" in res.stderr, res.stderr
@@ -340,7 +323,7 @@ def test_network_none_add_host_and_buildkit_flags(daemon: Any, tmp_path: Path) -
 
 
 def test_docker_py_low_level(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nARG GREET\nRUN echo \"$GREET\"\n"})
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nARG GREET\nRUN echo \"$GREET\"\n"})
     client = daemon.client()
     chunks = list(client.api.build(path=str(ctx), buildargs={"GREET": "py-hello"}, nocache=True, decode=True,
                                    rm=True, tag="lowlevel:1"))
@@ -356,23 +339,23 @@ def test_docker_py_low_level(daemon: Any, tmp_path: Path) -> None:
 
 
 def test_cache_rules(daemon: Any, tmp_path: Path) -> None:
-    ctx = _context(tmp_path / "ctx", {
+    ctx = make_context(tmp_path / "ctx", {
         ".dockerignore": "ignored.txt\n", "ignored.txt": "1", "used.txt": "u",
         "Dockerfile": "FROM busybox\nARG A=1\nRUN echo \"arg $A\"\nCOPY . /app/\nRUN echo after-copy\n",
     })
-    first = _build(daemon, ctx)
-    again = _build(daemon, ctx)
+    first = build(daemon, ctx)
+    again = build(daemon, ctx)
     assert again.stdout.count(" ---> Using cache") == 4, again.stdout
     (ctx / "ignored.txt").write_text("2")
-    assert _build(daemon, ctx).stdout.count(" ---> Using cache") == 4
-    changed = _build(daemon, ctx, "--build-arg", "A=2")
+    assert build(daemon, ctx).stdout.count(" ---> Using cache") == 4
+    changed = build(daemon, ctx, "--build-arg", "A=2")
     assert changed.stdout.count(" ---> Using cache") == 1, changed.stdout  # the ARG step; RUN misses
     assert "arg 2" in changed.stdout
     # after a miss nothing later in the stage comes from the cache, even a step seen before on some parent
     (ctx / "used.txt").write_text("v")
-    res = _build(daemon, ctx)
+    res = build(daemon, ctx)
     assert res.stdout.count(" ---> Using cache") == 2 and "after-copy" in res.stdout
-    assert "Using cache" not in _build(daemon, ctx, "--no-cache").stdout
+    assert "Using cache" not in build(daemon, ctx, "--no-cache").stdout
     assert first.returncode == 0
 
 
@@ -381,7 +364,7 @@ def test_cache_rules(daemon: Any, tmp_path: Path) -> None:
 
 def test_client_disconnect_removes_the_run_container(daemon: Any, tmp_path: Path) -> None:
     assert daemon.docker("ps", "-aq").stdout == ""
-    ctx = _context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo started && sleep 30\n"})
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo started && sleep 30\n"})
     proc = subprocess.Popen(["docker", "build", "--no-cache", str(ctx)], env=daemon.docker_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -409,7 +392,7 @@ def test_client_disconnect_removes_the_run_container(daemon: Any, tmp_path: Path
 def test_compose_builds_and_runs_a_service(daemon: Any, tmp_path: Path) -> None:
     assert COMPOSE is not None
     port = free_port()
-    project = _context(tmp_path / "proj", {
+    project = make_context(tmp_path / "proj", {
         "Dockerfile": "FROM busybox\nRUN mkdir /srv && echo built-by-compose > /srv/index.html\n"
                       "EXPOSE 8080\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/srv\"]\n",
         "docker-compose.yml": f'version: "3.8"\nservices:\n  web:\n    build: .\n'
