@@ -199,3 +199,22 @@ def test_docker_py_build_quiet_and_iidfile(daemon: Any, tmp_path: Path) -> None:
     iid = tmp_path / "iid"
     daemon.docker("build", "--iidfile", str(iid), str(ctx))
     assert iid.read_text().startswith("sha256:")
+
+
+def test_symlink_breakout_through_add(daemon: Any, tmp_path: Path) -> None:
+    """moby's TestBuildSymlinkBreakout (security.md §1.4): an ADDed tar plants symlinks that lead to the host's
+    root and then to a host folder; the next ADD writes through them, and must land inside the image."""
+    host_dir = tmp_path / "host-target"
+    host_dir.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, target in (("symlink2", "/../../../../../../../../../../../../../../"),
+                             ("symlink", "symlink2" + str(host_dir))):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nADD symlink.tar /\nADD inject /symlink/\n",
+                                          "symlink.tar": buf.getvalue(), "inject": "x\n"})
+    build(daemon, ctx, "--no-cache", "-t", "breakout:1")
+    assert not (host_dir / "inject").exists(), "symlink breakout: ADD wrote into a host folder"
+    assert daemon.docker("run", "--rm", "breakout:1", "cat", f"{host_dir}/inject").stdout == "x\n"

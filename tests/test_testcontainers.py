@@ -53,3 +53,27 @@ def test_testcontainers_generic_container(daemon: BerthDaemon, monkeypatch: Any)
         cid = container.get_wrapped_container().id
     assert daemon.docker("ps", "-a", "-q", "--no-trunc", "--filter", f"id={cid}").stdout.strip() == ""
     assert os.environ.get("DOCKER_HOST") == daemon.host
+
+
+def test_testcontainers_builds_an_image_and_runs_it(daemon: BerthDaemon, monkeypatch: Any, tmp_path: Any) -> None:
+    """testcontainers' DockerImage (docker-py's images.build) then a container of it; the image and its build's
+    intermediate images are gone when the block ends (rmi without noprune)."""
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.image import DockerImage
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+    monkeypatch.setenv("DOCKER_HOST", daemon.host)
+    monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
+    monkeypatch.delenv("TESTCONTAINERS_HOST_OVERRIDE", raising=False)
+    (tmp_path / "index.html").write_text("built\n")
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox\nCOPY index.html /www/\nEXPOSE 8080\n"
+        "CMD [\"sh\", \"-c\", \"echo ready && exec httpd -f -p 8080 -h /www\"]\n")
+    before = set(daemon.docker("images", "-a", "-q", "--no-trunc").stdout.split())
+    with DockerImage(path=str(tmp_path), tag="tc-built:1") as image:
+        assert any("Successfully built" in (line.get("stream") or "") for line in image.get_logs())
+        container = DockerContainer(str(image)).with_exposed_ports(8080).waiting_for(LogMessageWaitStrategy("ready"))
+        with container:
+            port = int(container.get_exposed_port(8080))
+            assert until(lambda: _get(f"http://127.0.0.1:{port}/"), ignore=(OSError,)) == "built\n"
+    assert set(daemon.docker("images", "-a", "-q", "--no-trunc").stdout.split()) == before
