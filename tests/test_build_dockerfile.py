@@ -749,3 +749,246 @@ def test_directives_only_at_top() -> None:
     d = parse(b"FROM a\n# escape=`\nRUN a \\\n  b\n")
     assert d.escape == "\\" and d.stages[0].instructions[0].rest == "a   b"
     assert parse(b"# syntax=docker/dockerfile:1.7\n#check=skip=all\n# escape=`\nFROM a\n").escape == "`"
+
+
+# --- heredocs (buildkit parser_heredoc_test.go and dispatchRun/parseSourcesAndDest) ------------------------------
+
+HEREDOC_DOCKERFILE = """
+FROM alpine:3.6
+
+ENV NAME=me
+
+RUN ls
+
+USER <<INVALID
+INVALID
+
+RUN <<EMPTY
+EMPTY
+
+RUN 3<<EMPTY2
+EMPTY2
+
+RUN "<<NOHEREDOC"
+
+RUN <<INDENT
+\tfoo
+\tbar
+INDENT
+
+RUN <<-UNINDENT
+\tbaz
+\tquux
+UNINDENT
+
+RUN <<-UNINDENT2
+\tbaz
+\tquux
+\tUNINDENT2
+
+RUN <<-EXPAND
+\texpand $NAME
+EXPAND
+
+RUN <<-'NOEXPAND'
+\tdon't expand $NAME
+NOEXPAND
+
+RUN <<COPY
+echo hello world
+echo foo bar
+COPY
+
+RUN <<COMMENT
+# internal comment
+echo hello world
+echo foo bar # trailing comment
+COMMENT
+
+RUN --mount=type=cache,target=/foo <<MOUNT
+echo hello
+MOUNT
+
+COPY <<FILE1 <<FILE2 /dest
+content 1
+FILE1
+content 2
+FILE2
+
+COPY <<EOF /quotes
+"foo"
+'bar'
+EOF
+
+COPY <<X <<Y /dest
+Y
+X
+X
+Y
+
+RUN <<COMPLEX python3
+print('hello world')
+COMPLEX
+
+COPY <<file.txt /dest
+hello world
+file.txt
+
+RUN <<eo'f'
+echo foo
+eof
+
+RUN <<eo\\'f
+echo foo
+eo'f
+
+RUN <<'e'o\\'f
+echo foo
+eo'f
+
+RUN <<'one two'
+echo bar
+one two
+
+RUN <<$EOF
+$EOF
+
+RUN <<  EOF
+EOF
+
+RUN <<  EOF  > foo
+EOF
+\t"""
+
+H = df.Heredoc
+HEREDOC_EXPECTED: list[list[df.Heredoc]] = [
+    [], [], [], [],  # ENV, RUN ls, USER <<INVALID, INVALID
+    [H("EMPTY", "", True)],
+    [H("EMPTY2", "", True, fd=3)],
+    [],
+    [H("INDENT", "\tfoo\n\tbar\n", True)],
+    [H("UNINDENT", "\tbaz\n\tquux\n", True, chomp=True)],
+    [H("UNINDENT2", "\tbaz\n\tquux\n", True, chomp=True)],
+    [H("EXPAND", "\texpand $NAME\n", True, chomp=True)],
+    [H("NOEXPAND", "\tdon't expand $NAME\n", False, chomp=True)],
+    [H("COPY", "echo hello world\necho foo bar\n", True)],
+    [H("COMMENT", "# internal comment\necho hello world\necho foo bar # trailing comment\n", True)],
+    [H("MOUNT", "echo hello\n", True)],
+    [H("FILE1", "content 1\n", True), H("FILE2", "content 2\n", True)],
+    [H("EOF", "\"foo\"\n'bar'\n", True)],
+    [H("X", "Y\n", True), H("Y", "X\n", True)],
+    [H("COMPLEX", "print('hello world')\n", True)],
+    [H("file.txt", "hello world\n", True)],
+    [H("eof", "echo foo\n", False)],
+    [H("eo'f", "echo foo\n", True)],
+    [H("eo'f", "echo foo\n", False)],
+    [H("one two", "echo bar\n", False)],
+    [H("$EOF", "", True)],
+    [H("EOF", "", True)],
+    [H("EOF", "", True)],
+]
+
+
+def test_heredocs_parsed_like_buildkit() -> None:
+    nodes, _, _ = df._parse_nodes(HEREDOC_DOCKERFILE)
+    assert [n.heredocs for n in nodes[1:]] == HEREDOC_EXPECTED
+    # the INVALID line after USER is an instruction of its own, as in buildkit
+    assert [n.cmd for n in nodes[2:5]] == ["RUN", "USER", "INVALID"]
+
+
+def test_json_form_has_no_heredocs() -> None:
+    nodes, _, _ = df._parse_nodes('FROM a\nRUN ["whoami"]\nRUN ["<<EOF"]\nRUN ["<<\'EOF\'"]\n')
+    assert all(n.heredocs == [] for n in nodes)
+
+
+@pytest.mark.parametrize("src", ["<<EOF", "<<'EOF'", '<<"EOF"', "<<-EOF", "<<-'EOF'", '<<-"EOF"', '<<EO"F"',
+                                 "<< EOF", "<<- EOF"])
+def test_heredoc_markers(src: str) -> None:
+    doc = df.parse_heredoc(src)
+    assert doc is not None and doc.name == "EOF"
+    assert doc.expand == ("'" not in src and '"' not in src) and doc.chomp == ("-" in src)
+
+
+@pytest.mark.parametrize("src", ["", "EOF", "<<", "<<-", "<EOF", "<<<EOF", "<<EOF sh",
+                                 "<<'EOF", '<<"EOF', "<<EOF'", '<<EOF"'])  # the last four: buildkit's errors
+def test_not_heredoc_markers(src: str) -> None:
+    assert df.parse_heredoc(src) is None
+
+
+@pytest.mark.parametrize(("line", "names"), [
+    ("RUN <<EOF", ["EOF"]), ("RUN <<-EOF", ["EOF"]), ("RUN <<- EOF", []), ("RUN << -EOF", ["-EOF"]),
+    ("RUN <<'EOF'", ["EOF"]), ("RUN 4<<EOF", ["EOF"]), ("RUN <<EOF <<EOF2", ["EOF", "EOF2"]),
+    ("RUN '<<EOF'", []), ('RUN "<<EOF"', []), ("RUN echo ${X:-a b} <<EOF", ["EOF"]),
+])
+def test_heredocs_from_line(line: str, names: list[str]) -> None:
+    # "<<- EOF" lexes as the words "<<-" and "EOF": no heredoc (buildkit's test only checks the ones it finds)
+    assert [d.name for d in df._heredocs_from_line(line)] == names
+
+
+def test_heredoc_chomp() -> None:
+    assert H("x", "\thello\n\tworld\n", chomp=True).body == "hello\nworld\n"
+    assert H("x", "\thello\n", chomp=False).body == "\thello\n"
+
+
+def _run(text: str) -> Instruction:
+    return parse(f"FROM a\n{text}".encode()).stages[0].instructions[0]
+
+
+def test_run_heredoc_commands() -> None:
+    sh = ["/bin/sh", "-c"]
+    simple = _run("RUN <<EOF\necho hi\necho there\nEOF\n")
+    assert command(simple, sh) == [*sh, "echo hi\necho there\n"]
+    assert simple.original == "RUN <<EOF\necho hi\necho there\nEOF" and simple.line == 2
+    assert command(_run("RUN <<-EOF\n\techo hi\n\tEOF\n"), sh) == [*sh, "echo hi\n"]
+    assert command(_run("RUN <<EOF\nEOF\n"), sh) == [*sh, ""]
+    # a command line with heredocs goes to the shell whole; the shell chomps <<- itself
+    complex_ = _run("RUN python3 <<-EOF\n\tprint(1)\n\tEOF\n")
+    assert command(complex_, sh) == [*sh, "python3 <<-EOF\n\tprint(1)\nEOF"]
+    two = _run("RUN cat <<A > /a && cat <<'B' > /b\none $X\nA\ntwo\nB\n")
+    assert command(two, sh) == [*sh, "cat <<A > /a && cat <<'B' > /b\none $X\nA\ntwo\nB"]
+    assert two.original == "RUN cat <<A > /a && cat <<'B' > /b\none $X\nA\ntwo\nB"
+    # a "#!" script is a file of its own, run by path
+    script = _run("RUN <<EOT\n#!/usr/bin/env python3\nprint('hi')\nEOT\n")
+    assert df.run_script(script) == df.InlineFile("EOT", "#!/usr/bin/env python3\nprint('hi')\n")
+    assert command(script, ["/bin/bash", "-c"]) == ["/bin/bash", "-c", "/dev/pipes/EOT"]
+    assert df.run_script(simple) is None and df.run_script(complex_) is None
+    # the heredoc's lines are not instructions; the next one is
+    d = parse(b"FROM a\nRUN <<EOF\nFROM b\nEOF\nRUN true\n")
+    assert len(d.stages) == 1 and [i.line for i in d.stages[0].instructions] == [2, 5]
+    # no heredoc in JSON form, nor quoted
+    assert command(_run('RUN ["sh", "-c", "<<EOF"]\n'), sh) == ["sh", "-c", "<<EOF"]
+    assert command(_run("RUN echo '<<EOF'\n"), sh) == [*sh, "echo '<<EOF'"]
+
+
+def test_copy_heredoc_sources() -> None:
+    env = {"NAME": "me"}
+    copy = _run("COPY --chmod=755 <<one a.txt <<'two' <<-three /dest/\n$NAME\none\n$NAME\ntwo\n\t\\$NAME \"$NAME\"\n"
+                "three\n")
+    paths, files, dest = df.copy_sources(copy, env)
+    assert paths == ["a.txt"] and dest == "/dest/"
+    assert files == [df.InlineFile("one", "me\n"), df.InlineFile("two", "$NAME\n"),
+                     df.InlineFile("three", '$NAME "me"\n')]
+    assert copy.flag("chmod") == "755"
+    plain = _run("COPY a b $NAME/\n")
+    assert df.copy_sources(plain, env) == (["a", "b"], [], "me/")
+
+
+def test_onbuild_keeps_heredocs_in_trigger() -> None:
+    onbuild = _run("ONBUILD RUN <<EOF\necho from trigger\nEOF\n")
+    assert onbuild.rest == "RUN <<EOF\necho from trigger\nEOF"
+    trigger = parse_trigger(onbuild.rest)
+    assert command(trigger, ["/bin/sh", "-c"]) == ["/bin/sh", "-c", "echo from trigger\n"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("FROM a\nRUN <<EOF\necho hi\n", "failed to parse Dockerfile: unterminated heredoc"),
+    ("FROM a\nCOPY <<EOF <<DEST\nx\nEOF\ny\nDEST\n",
+     "dockerfile parse error on line 2: COPY cannot accept a heredoc as a destination"),
+    ("FROM a\nADD x <<EOF\nEOF\n", "dockerfile parse error on line 2: ADD cannot accept a heredoc as a destination"),
+    ("FROM a\nCOPY <<EOF\nx\nEOF\n", "dockerfile parse error on line 2: COPY requires at least two arguments, but only "
+                                     "one was provided. Destination could not be determined"),
+])
+def test_heredoc_errors(text: str, message: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        parse(text.encode())
+    assert str(err.value) == message

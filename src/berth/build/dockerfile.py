@@ -5,7 +5,9 @@ before the first step runs; the error messages are Docker's (moby vendors buildk
 ``frontend/dockerfile/parser`` and ``frontend/dockerfile/instructions``, and the classic builder wraps parser errors
 as ``failed to parse Dockerfile: ...``). ``expand``/``expand_words`` mirror buildkit's shell lexer
 (``shell.Lex.ProcessWord``/``ProcessWords``); the other functions decode one instruction for the executor
-(``berth.engine.build``), which decides when to expand what.
+(``berth.engine.build``), which decides when to expand what. Heredocs (``RUN <<EOF``, ``COPY <<EOF``; BuildKit's
+syntax, which dockerd's classic builder reads but does not run) are read as buildkit's parser does and carried on
+the instruction; ``command`` and ``copy_sources`` give them dockerfile2llb's meaning.
 
 Pure: imports only the standard library, ``berth.errors`` and ``berth.units``.
 """
@@ -13,10 +15,11 @@ Pure: imports only the standard library, ``berth.errors`` and ``berth.units``.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from berth.errors import InvalidArgument
@@ -60,6 +63,7 @@ class Instruction:
     original: str  # what dockerd prints in "Step N/M : <original>"
     line: int  # 1-based line where it starts
     args: tuple[str, ...] = ()  # buildkit's node arguments: the words dispatch expands one by one
+    heredocs: tuple[Heredoc, ...] = ()  # RUN/COPY/ADD ``<<EOF`` documents, in the order of their markers
 
     def flag(self, name: str, default: str | None = None) -> str | None:
         """The value of ``--name`` (the last one when repeated), or ``default`` when not given."""
@@ -198,14 +202,19 @@ class _LexError(Exception):
 
 
 class _Lexer:
-    """One ProcessWord/ProcessWords run over ``text`` (lex.go shellWord)."""
+    """One ProcessWord/ProcessWords run over ``text`` (lex.go shellWord); the flags are lex.go's Lex options
+    (RawQuotes, SkipUnsetEnv, SkipProcessQuotes) that the heredoc parsing and heredoc bodies use."""
 
-    def __init__(self, text: str, env: Mapping[str, str], escape: str) -> None:
+    def __init__(self, text: str, env: Mapping[str, str], escape: str, *, raw_quotes: bool = False,
+                 skip_unset: bool = False, skip_quotes: bool = False) -> None:
         self.text = text
         self.pos = 0
         self.env = env
         self.escape = escape
         self.raw_escapes = False
+        self.raw_quotes = raw_quotes
+        self.skip_unset = skip_unset
+        self.special = "$<" if skip_quotes else "$<'\""
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -236,7 +245,7 @@ class _Lexer:
             if stop and ch == stop:
                 self.next()
                 return "".join(result), words.get_words()
-            if ch in "$<'\"":
+            if ch in self.special:
                 if ch == "$":
                     tmp = self.process_dollar()
                 elif ch == "<":
@@ -268,25 +277,29 @@ class _Lexer:
         return "".join(result), words.get_words()
 
     def process_single_quote(self) -> str:
-        self.next()
-        result: list[str] = []
+        opening = self.next()
+        result: list[str] = [opening] if self.raw_quotes else []
         while True:
             ch = self.next()
             if ch == "":
                 raise _LexError("unexpected end of statement while looking for matching single-quote")
             if ch == "'":
+                if self.raw_quotes:
+                    result.append(ch)
                 return "".join(result)
             result.append(ch)
 
     def process_double_quote(self) -> str:
-        self.next()
-        result: list[str] = []
+        opening = self.next()
+        result: list[str] = [opening] if self.raw_quotes else []
         while True:
             nxt = self.peek()
             if nxt == "":
                 raise _LexError("unexpected end of statement while looking for matching double-quote")
             if nxt == '"':
                 self.next()
+                if self.raw_quotes:
+                    result.append(nxt)
                 return "".join(result)
             if nxt == "$":
                 result.append(self.process_dollar())
@@ -308,6 +321,8 @@ class _Lexer:
             name = self.process_name()
             if not name:
                 return "$"
+            if self.skip_unset and name not in self.env:
+                return "$" + name
             return self.env.get(name, "")
         self.next()
         if self.peek() == "":
@@ -319,6 +334,8 @@ class _Lexer:
         chs = ch or "\ufffd"  # Go prints string(scanner.EOF) as U+FFFD
         null_is_unset = False
         if ch == "}":
+            if self.skip_unset and name not in self.env:
+                return "${" + name + "}"
             return self.env.get(name, "")
         if ch == ":":
             null_is_unset = True
@@ -338,6 +355,8 @@ class _Lexer:
                 raise
             is_set = name in self.env
             value = self.env.get(name, "")
+            if self.skip_unset and not is_set:
+                return "${" + name + chs + word + "}"
             if ch == "-":
                 return word if not is_set or (null_is_unset and value == "") else value
             if ch == "+":
@@ -371,6 +390,8 @@ class _Lexer:
             if self.peek() == "":
                 raise _LexError("syntax error: missing '}'") from None
             raise
+        if self.skip_unset and name not in self.env:
+            return "${" + name + "/" + pattern + "/" + replacement + "}"
         value = self.env.get(name, "")
         try:
             regex = _shell_pattern_regex(pattern, greedy=True, anchored=False)
@@ -478,6 +499,131 @@ def expand_words(text: str, env: Mapping[str, str], escape: str = "\\") -> list[
     return _process(text, env, escape)[1]
 
 
+# --- heredocs (buildkit parser.go Heredoc, BuildKit's Dockerfile syntax 1.4+) -------------------------------------
+
+_HEREDOC_RE = re.compile(r"^([0-9]*)<<(-?)[\t\n\f\r ]*([^<]*)\Z")  # parser.reHeredoc (Go's \d, \s, $)
+_LEADING_TABS_RE = re.compile(r"^\t+", re.MULTILINE)
+_HEREDOC_KEYWORDS = frozenset({"add", "copy", "run"})
+# where RUN's "#!" heredoc script is mounted (dockerfile2llb dispatchRun)
+HEREDOC_SCRIPT_DIR = "/dev/pipes"
+
+
+@dataclass(frozen=True)
+class Heredoc:
+    """One ``<<NAME`` document of an instruction (parser.Heredoc)."""
+
+    name: str
+    content: str  # the lines between the marker's line and the terminator, newlines kept, tabs not chomped
+    expand: bool = True  # False when the marker was quoted (``<<'EOF'``, ``<<"EOF"``, ``<<E"O"F``)
+    chomp: bool = False  # ``<<-``: leading tabs are stripped from the body (and the terminator)
+    fd: int = 0  # ``3<<EOF``
+
+    @property
+    def body(self) -> str:
+        """The content with leading tabs stripped under ``<<-`` (ChompHeredocContent)."""
+        return _LEADING_TABS_RE.sub("", self.content) if self.chomp else self.content
+
+
+@dataclass(frozen=True)
+class InlineFile:
+    """A file a step makes from a heredoc: COPY/ADD ``<<NAME`` sources, RUN's ``#!`` script."""
+
+    name: str
+    data: str
+
+
+def parse_heredoc(word: str) -> Heredoc | None:
+    """parser.ParseHeredoc (MustParseHeredoc: errors give None): the heredoc marker ``word`` is, if any."""
+    try:
+        return _heredoc_from_word(word)
+    except _LexError:
+        return None
+
+
+def _heredoc_from_word(word: str) -> Heredoc | None:
+    """parser.go heredocFromMatch: the name as the shell would see it; quoted anywhere means no expansion."""
+    match = _HEREDOC_RE.match(word)
+    if match is None or not match.group(3):
+        return None
+    rest = match.group(3)
+    try:
+        words = _Lexer(rest, {}, "\\", skip_unset=True).process_stop_on("", False)[1]
+        if len(words) != 1:
+            return None
+        raw = _Lexer(rest, {}, "\\", skip_unset=True, raw_quotes=True).process_stop_on("", False)[1]
+    except _LexError as err:
+        raise _LexError(f"failed to process {_go_quote(rest)}: {err}") from None
+    if len(raw) != len(words):
+        raise _LexError(f"internal lexing of heredoc produced inconsistent results: {rest}")
+    quotes = words[0].count("'") + words[0].count('"')
+    raw_quotes = raw[0].count("'") + raw[0].count('"')
+    return Heredoc(name=words[0], content="", expand=quotes == raw_quotes, chomp=match.group(2) == "-",
+                   fd=int(match.group(1) or 0))
+
+
+def _heredocs_from_line(line: str) -> list[Heredoc]:
+    """parser.go heredocsFromLine: every heredoc marker among the line's shell words (quoted ones are not)."""
+    try:
+        words = _Lexer(line, {}, "\\", raw_quotes=True, skip_unset=True).process_stop_on("", True)[1]
+    except _LexError:
+        return []  # buildkit ignores the lexer's error here: no heredocs
+    docs = []
+    for word in words:
+        try:
+            doc = _heredoc_from_word(word)
+        except _LexError as err:
+            raise _ParserError(str(err)) from None
+        if doc is not None:
+            docs.append(doc)
+    return docs
+
+
+def expand_heredoc(text: str, env: Mapping[str, str]) -> str:
+    """A heredoc body with ``$VAR`` expanded as dockerfile2llb's ExpandRaw: quotes stay, ``\\`` escapes apply."""
+    try:
+        return _Lexer(text, env, "\\", skip_quotes=True).process_stop_on("", False)[0]
+    except _LexError as err:
+        raise InvalidArgument(f"failed to process {_go_quote(text)}: {err}") from None
+
+
+def copy_sources(instr: Instruction, env: Mapping[str, str],
+                 escape: str = "\\") -> tuple[list[str], list[InlineFile], str]:
+    """COPY/ADD's sources and dest (instructions.SourcesAndDest): the path sources and the dest expanded, and
+    the heredoc sources as files named after their marker, chomped, expanded unless the marker was quoted."""
+    if len(instr.args) < 2:
+        kw = instr.keyword.upper()
+        raise InvalidArgument(f"{kw} requires at least two arguments, but only one was provided. "
+                              "Destination could not be determined.")
+    docs = {doc.name: doc for doc in instr.heredocs}
+    paths: list[str] = []
+    files: list[InlineFile] = []
+    for word in instr.args[:-1]:
+        marker = parse_heredoc(word)
+        if marker is None:
+            paths.append(expand(word, env, escape))
+            continue
+        found = docs.get(marker.name)
+        data = found.content if found is not None else ""  # buildkit: a marker with no document is empty
+        if marker.chomp:
+            data = _LEADING_TABS_RE.sub("", data)
+        files.append(InlineFile(marker.name, expand_heredoc(data, env) if marker.expand else data))
+    return paths, files, expand(instr.args[-1], env, escape)
+
+
+def run_script(instr: Instruction) -> InlineFile | None:
+    """The file a ``RUN <<EOF`` whose body starts with ``#!`` runs (mounted at ``HEREDOC_SCRIPT_DIR``, 0755)."""
+    if instr.keyword != "run" or not instr.heredocs or instr.json_args is not None:
+        return None
+    if parse_heredoc(instr.rest) is None:
+        return None
+    doc = instr.heredocs[0]
+    if not doc.body.startswith("#!"):
+        return None
+    if "/" in doc.name or doc.name in (".", ".."):  # the script is mounted by this name: never outside the dir
+        raise InvalidArgument(f"RUN <<{doc.name}: a heredoc script's name must be a file name")
+    return InlineFile(doc.name, doc.body)
+
+
 # --- the line parser (buildkit frontend/dockerfile/parser) -------------------------------------------------------
 
 @dataclass
@@ -493,6 +639,12 @@ class _Node:
     start_line: int = 0
     end_line: int = 0
     child: _Node | None = None  # ONBUILD's trigger
+    heredocs: list[Heredoc] = field(default_factory=list)
+
+    def can_contain_heredoc(self) -> bool:
+        """parser.go Node.canContainHeredoc: RUN, COPY, ADD (also as ONBUILD's trigger), not in JSON form."""
+        node = self.child if self.cmd.lower() == "onbuild" and self.child is not None else self
+        return node.cmd.lower() in _HEREDOC_KEYWORDS and not node.is_json
 
 
 def _parse_words(rest: str, escape: str) -> list[str]:
@@ -818,6 +970,24 @@ def _parse_nodes(text: str) -> tuple[list[_Node], str, list[str]]:
         if empty_continuation:
             warnings.append(f"[WARNING]: Empty continuation line found in: {line}")
         node = _node_from_line(line, d.escape)
+        if node.can_contain_heredoc() and "<<" in line:
+            for doc in _heredocs_from_line(line):
+                body: list[str] = []
+                terminated = False
+                while i < len(lines):
+                    raw = lines[i]
+                    i += 1
+                    current += 1
+                    candidate = raw.rstrip("\r\n")
+                    if doc.chomp:
+                        candidate = candidate.lstrip("\t")
+                    if candidate == doc.name:
+                        terminated = True
+                        break
+                    body.append(raw)
+                if not terminated:
+                    raise _ParserError("unterminated heredoc")
+                node.heredocs.append(Heredoc(doc.name, "".join(body), doc.expand, doc.chomp, doc.fd))
         node.start_line, node.end_line = start, current
         nodes.append(node)
     if not nodes:
@@ -974,7 +1144,10 @@ def _check(node: _Node) -> tuple[tuple[str, str], ...]:
         if len(args) < 2:
             raise _InstructionError(f"{keyword.upper()} requires at least two arguments, but only one was provided. "
                                     "Destination could not be determined")
-        return flags()
+        parsed = flags()
+        if parse_heredoc(args[-1]) is not None:  # parseSourcesAndDest
+            raise _InstructionError(f"{keyword.upper()} cannot accept a heredoc as a destination")
+        return parsed
     if keyword == "from":
         if len(args) == 3 and args[1].lower() == "as":
             if not _STAGE_NAME_RE.fullmatch(args[2].lower()):
@@ -1040,13 +1213,16 @@ def _check(node: _Node) -> tuple[tuple[str, str], ...]:
 def _instruction(node: _Node, flags: tuple[tuple[str, str], ...]) -> Instruction:
     keyword = node.cmd.lower()
     rest = node.rest
+    # the instruction as written, heredocs included (parseOnBuild's Expression spells them this way)
+    documents = "".join(f"\n{doc.content}{doc.name}" for doc in node.heredocs)
     if keyword == "onbuild":
-        rest = _ONBUILD_PREFIX_RE.sub("", node.original, count=1)
+        rest = _ONBUILD_PREFIX_RE.sub("", node.original, count=1) + documents
     json_args: tuple[str, ...] | None = None
     if node.is_json:
         json_args = tuple(node.args[1:]) if keyword == "healthcheck" else tuple(node.args)
     return Instruction(keyword=keyword, flags=flags, rest=rest, json_args=json_args,
-                       original=_trim_space(node.original), line=node.start_line, args=tuple(node.args))
+                       original=_trim_space(node.original) + documents, line=node.start_line,
+                       args=tuple(node.args), heredocs=tuple(node.heredocs))
 
 
 def _decode(data: bytes) -> str:
@@ -1170,7 +1346,18 @@ def healthcheck(instr: Instruction) -> dict[str, Any] | None:
 
 
 def command(instr: Instruction, shell: Sequence[str]) -> list[str]:
-    """RUN/CMD/ENTRYPOINT argv: the JSON list as is, else ``[*shell, rest]`` (resolveCmdLine)."""
+    """RUN/CMD/ENTRYPOINT argv: the JSON list as is, else ``[*shell, rest]`` (resolveCmdLine).
+
+    A RUN with heredocs as dockerfile2llb's dispatchRun: ``RUN <<EOF`` alone runs the body as the shell's
+    command, or, when it starts with ``#!``, the script ``run_script`` gives, mounted at ``HEREDOC_SCRIPT_DIR``;
+    any other command line goes to the shell with its documents and terminators, for the shell to read."""
     if instr.json_args is not None:
         return list(instr.json_args)
+    if instr.keyword == "run" and instr.heredocs:
+        if parse_heredoc(instr.rest) is None:
+            return [*shell, instr.rest + "".join(f"\n{doc.content}{doc.name}" for doc in instr.heredocs)]
+        script = run_script(instr)
+        if script is not None:
+            return [*shell, posixpath.join(HEREDOC_SCRIPT_DIR, script.name)]
+        return [*shell, instr.heredocs[0].body]
     return [*shell, instr.rest] if instr.rest else list(shell)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 
+from berth.build.mounts import CacheMounts
 from berth.content.store import ContentStore
 from berth.daemon.config import DaemonConfig
 from berth.engine.archive import ArchiveService
@@ -118,7 +119,8 @@ def build_engine(config: DaemonConfig) -> Engine:
     system.runtimes.update(config.extra_runtimes)
     system.default_runtime = config.default_runtime
     registry = RegistryService(images.store, events, config.insecure_registries)
-    builds = BuildService(images, containers, runner, archive, commits, registry, config.data_root / "tmp")
+    builds = BuildService(images, containers, runner, archive, commits, registry, config.data_root / "tmp",
+                          CacheMounts(config.data_root / "build-cache"))
     return Engine(events=events, system=system, images=images, containers=containers, runner=runner,
                   logs=LogService(containers), execs=execs,
                   stats=StatsService(containers, runner.runtime_root, runner.runtime_of), archive=archive,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import datetime
 import email.message
 import hashlib
 import json
@@ -24,6 +25,7 @@ import os
 import posixpath
 import queue
 import shutil
+import subprocess
 import tempfile
 import urllib.error
 import urllib.parse
@@ -37,13 +39,14 @@ from typing import Any, TypeVar
 
 import berth.build.context as build_context
 import berth.build.dockerfile as df
+import berth.build.mounts as run_mounts
 from berth.engine.archive import ArchiveService, canonical
 from berth.engine.commit import CommitService
 from berth.engine.containers import ContainerService
 from berth.engine.images import ImageService
 from berth.engine.registry import RegistryService, credentials_from, registry_domain
 from berth.engine.running import ContainerRunner
-from berth.errors import BerthError, InvalidArgument, NoSuchImage, NotFound
+from berth.errors import BerthError, InvalidArgument, NoSuchImage, NotFound, NotImplementedYet
 from berth.oci.reference import parse
 from berth.runtime.users import parse_group, parse_passwd, read_in_root
 
@@ -175,7 +178,7 @@ class BuildService:
 
     def __init__(self, images: ImageService, containers: ContainerService, runner: ContainerRunner,
                  archive: ArchiveService, commits: CommitService, registry: RegistryService | None,
-                 scratch: Path) -> None:
+                 scratch: Path, cache_mounts: run_mounts.CacheMounts | None = None) -> None:
         self.images = images
         self.store = images.store
         self.containers = containers
@@ -184,6 +187,7 @@ class BuildService:
         self.commits = commits
         self.registry = registry
         self.scratch = scratch
+        self.cache_mounts = cache_mounts  # RUN --mount=type=cache directories (<data-root>/build-cache)
 
     # --- the whole build -------------------------------------------------------------------------------
 
@@ -215,6 +219,22 @@ class BuildService:
 
     def call(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def prune(self, until_s: float = 0.0, keep_bytes: int = 0) -> dict[str, Any]:
+        """``POST /build/prune``: the RUN cache mounts no step holds (the classic builder's own cache is its
+        intermediate images, which ``image prune`` removes); buildkit prunes cache mounts with or without ``all``."""
+        removed = self.cache_mounts.prune(until_s, keep_bytes) if self.cache_mounts is not None else []
+        return {"CachesDeleted": [u.name for u in removed] or None,
+                "SpaceReclaimed": sum(u.size for u in removed)}
+
+    def cache_usage(self) -> list[dict[str, Any]]:
+        """``GET /system/df``'s ``BuildCache`` rows (buildkit's ``client.UsageInfo`` as dockerd answers it)."""
+        if self.cache_mounts is None:
+            return []
+        return [{"ID": u.name, "Parents": None, "Type": "exec.cachemount", "Description":
+                 f"cached mount {u.id} from exec", "InUse": u.in_use, "Shared": False, "Size": u.size,
+                 "CreatedAt": _rfc3339(u.created), "LastUsedAt": _rfc3339(u.last_used), "UsageCount": 1}
+                for u in self.cache_mounts.usage()]
 
     def resolve_image(self, name: str, opts: BuildOptions, out: _Output) -> str:
         """FROM's image: local, else pulled (always pulled with ``--pull``), as dockerd's classic builder."""
@@ -471,15 +491,14 @@ class _Build:
         return self.empty_base
 
     def _run(self, stage: _Stage, instr: df.Instruction) -> None:
-        for name in ("mount", "network", "security", "device"):
-            if instr.flag_values(name):
-                raise InvalidArgument(f"the --{name} option requires BuildKit. Refer to "
-                                      "https://docs.docker.com/go/buildkit/ to learn how to build images with "
-                                      "BuildKit enabled")
+        mounts, network, mount_key = self._run_flags(stage, instr)
         shell = list(stage.config.get("Shell") or DEFAULT_SHELL)
         argv = df.command(instr, shell)
         if instr.json_args is None and not instr.rest.strip():
             raise InvalidArgument("RUN requires at least one argument")
+        script = df.run_script(instr)  # RUN <<EOF with "#!": argv names the script, which a bind mount provides
+        if script is not None:
+            mount_key = {**mount_key, "script": [script.name, script.data]}  # argv has only its path: key the text
         # moby's BuildArgs.FilterAllowed: an ARG that ENV also sets is the ENV's, not a build arg of the RUN
         env_keys = {e.partition("=")[0] for e in stage.config.get("Env") or []}
         build_env = {k: v for k, v in stage.args.items() if v is not None and k not in env_keys}
@@ -488,16 +507,19 @@ class _Build:
         prefix = f"|{len(build_env)} " + " ".join(f"{k}={v}" for k, v in sorted(build_env.items())) + " " \
             if build_env else ""
         created_by = prefix + " ".join(argv)
-        key = self._key(stage, "RUN", {"argv": argv, "args": build_env, "net": self.opts.network_mode})
+        key = self._key(stage, "RUN", {"argv": argv, "args": build_env, "net": network or self.opts.network_mode,
+                                       **mount_key})
         if self._cached(stage, key):
             return
         base = stage.image or self._scratch_base()
         env = [*(stage.config.get("Env") or []),
                *(f"{k}={v}" for k, v in {**build_env, **proxies}.items()
                  if not any(e.startswith(k + "=") for e in stage.config.get("Env") or []))]
-        cid = self._create(base, stage.config, argv, env)
-        self.out(f" ---> Running in {cid[:12]}\n")
-        code = self._run_container(cid)
+        with self._run_mounts(mounts, network) as step_host, \
+                _script_mount(step_host, script, argv[-1], self.svc.scratch) as step_host:
+            cid = self._create(base, stage.config, argv, env, step_host)
+            self.out(f" ---> Running in {cid[:12]}\n")
+            code = self._run_container(cid)
         if code != 0:
             if self.opts.forcerm or self.opts.rm:
                 self._remove(cid)
@@ -512,11 +534,7 @@ class _Build:
     def _copy(self, stage: _Stage, instr: df.Instruction) -> None:
         kw = instr.keyword.upper()
         env = stage.env()
-        words = df.expand_args(instr, env, self.df.escape)
-        if len(words) < 2:
-            raise InvalidArgument(f"{kw} requires at least two arguments, but only one was provided. "
-                                  "Destination could not be determined.")
-        srcs, dest = words[:-1], words[-1]
+        srcs, inline, dest = df.copy_sources(instr, env, self.df.escape)  # inline: the ``<<NAME`` sources
         workdir = stage.config.get("WorkingDir") or "/"
         dest_abs = posixpath.join(workdir, dest) if not dest.startswith("/") else dest
         if dest.endswith("/") and not dest_abs.endswith("/"):
@@ -539,11 +557,21 @@ class _Build:
                 downloaded = [self._download(u, Path(tmp), dest) for u in urls]
                 local = [s for s in srcs if s not in urls]
                 sources = build_context.resolve_sources(root, local, kw) if local else []
-                build_context.check_dest([*sources, *(build_context.Source(p.name, False) for p in downloaded)],
-                                         dest_abs, kw)
+                # heredoc sources: files of their own (0644, dispatchCopy's llb.Mkfile), copied after the paths
+                documents: list[Path] = []
+                for i, doc in enumerate(inline):
+                    if "/" in doc.name or doc.name in (".", ".."):
+                        raise InvalidArgument(f"{kw} <<{doc.name}: a heredoc source's name must be a file name")
+                    path = Path(tmp, f"doc-{i}", doc.name)
+                    path.parent.mkdir()
+                    path.write_bytes(doc.data.encode())
+                    os.chmod(path, 0o644)
+                    documents.append(path)
+                build_context.check_dest([*sources, *(build_context.Source(p.name, False)
+                                                      for p in (*downloaded, *documents))], dest_abs, kw)
                 hashes = [build_context.source_hash(root, sources)] if sources else []
                 hashes += [build_context.source_hash(p.parent, [build_context.Source(p.name, False)])
-                           for p in downloaded]
+                           for p in (*downloaded, *documents)]
                 digest = hashes[0] if len(hashes) == 1 else "multi:" + hashlib.sha256(
                     ",".join(hashes).encode()).hexdigest()
                 key = self._key(stage, kw, {"srcs": srcs, "dest": dest_abs, "chown": chown, "chmod": chmod_text,
@@ -568,6 +596,12 @@ class _Build:
                         target = build_context.copy_tar(path.parent, [build_context.Source(path.name, False)],
                                                         dest_abs, dest_is_dir, tar, chown=owner,
                                                         chmod=chmod if chmod is not None else 0o600)
+                        self._extract(cid, target, tar, owner)
+                    for path in documents:
+                        tar.seek(0)
+                        tar.truncate()
+                        target = build_context.copy_tar(path.parent, [build_context.Source(path.name, False)],
+                                                        dest_abs, dest_is_dir, tar, chown=owner, chmod=chmod)
                         self._extract(cid, target, tar, owner)
                 for src in archives:
                     target = dest_abs.rstrip("/") or "/"
@@ -605,9 +639,11 @@ class _Build:
         finally:
             self._remove(cid)
 
-    def _create(self, image: str, config: Mapping[str, Any], argv: Sequence[str], env: Sequence[str]) -> str:
+    def _create(self, image: str, config: Mapping[str, Any], argv: Sequence[str], env: Sequence[str],
+                step_host: Mapping[str, Any] | None = None) -> str:
         opts = self.opts
-        host: dict[str, Any] = {"NetworkMode": opts.network_mode or "default", "ExtraHosts": list(opts.extra_hosts)}
+        host: dict[str, Any] = {"NetworkMode": opts.network_mode or "default", "ExtraHosts": list(opts.extra_hosts),
+                                **(step_host or {})}
         for key, value in (("ShmSize", opts.shm_size), ("Memory", opts.memory), ("MemorySwap", opts.memswap),
                            ("CpuShares", opts.cpu_shares), ("CpusetCpus", opts.cpuset_cpus),
                            ("CpuPeriod", opts.cpu_period), ("CpuQuota", opts.cpu_quota)):
@@ -622,6 +658,133 @@ class _Build:
         cid = str(self.svc.containers.create(None, body)["Id"])
         self.live.add(cid)
         return cid
+
+    def _run_flags(self, stage: _Stage, instr: df.Instruction) -> tuple[list[_StepMount], str, dict[str, Any]]:
+        """RUN's BuildKit flags, which berth serves on the classic builder: the mounts (their sources resolved),
+        the step's network mode ("" = the build's), and what they add to the step's cache key."""
+        for name in ("security", "device"):
+            if instr.flag_values(name):
+                raise InvalidArgument(f"the --{name} option requires BuildKit. Refer to "
+                                      "https://docs.docker.com/go/buildkit/ to learn how to build images with "
+                                      "BuildKit enabled")
+        network = ""
+        given = instr.flag("network")
+        if given is not None:
+            mode = run_mounts.check_network(given)
+            if mode == "host" and self.opts.network_mode != "host":
+                # buildkit: host networking is an entitlement; the classic CLI grants it with --network host
+                raise InvalidArgument("network.host is not allowed: build with --network host to allow it")
+            network = "" if mode == "default" else mode
+        env = stage.env()
+        workdir = str(stage.config.get("WorkingDir") or "/")
+        mounts: list[_StepMount] = []
+        for value in instr.flag_values("mount"):
+            m = run_mounts.parse_mount(value, lambda word: df.expand(word, env, self.df.escape))
+            if m.type in ("secret", "ssh"):
+                what = m.id or m.source or posixpath.basename(m.target) or "default"
+                if m.required:
+                    raise InvalidArgument(f"RUN --mount=type={m.type},id={what}: berth's classic build API cannot "
+                                          f"receive {m.type} mounts from the client, and this one is required")
+                # buildkit skips a missing optional secret or ssh socket; here every one is missing
+                self.out(f"[Warning] RUN --mount=type={m.type},id={what} skipped: berth's classic build API cannot "
+                         f"receive {m.type} mounts\n")
+                continue
+            target = run_mounts.mount_target(m, workdir)
+            if m.type == "cache" and (m.from_ or m.source):
+                raise NotImplementedYet("RUN --mount=type=cache with from= or source= is not supported by berth")
+            if m.type == "cache" and self.svc.cache_mounts is None:
+                raise NotImplementedYet("this daemon has no build cache directory for RUN --mount=type=cache")
+            image, rel, content = "", "", ""
+            if m.type == "bind":
+                if m.from_:
+                    image = self._mount_image(m.from_, target, stage)
+                else:
+                    found = build_context.resolve_sources(self.context_root, [m.source or "."], "RUN --mount")
+                    if len(found) != 1:
+                        raise InvalidArgument(f"RUN --mount: source {m.source} names {len(found)} paths")
+                    rel = found[0].rel
+                    content = build_context.source_hash(self.context_root, found)
+            mounts.append(_StepMount(m, target, image, rel, content))
+        run_mounts.check_unique_targets([sm.target for sm in mounts])
+        key: dict[str, Any] = {}
+        if mounts:
+            key["mounts"] = [{**sm.mount.describe(), "dest": sm.target, "image": sm.image, "content": sm.content}
+                             for sm in mounts]
+        return mounts, network, key
+
+    def _mount_image(self, name: str, target: str, stage: _Stage) -> str:
+        """The image a ``from=`` names: an earlier stage (by name or index), else an image, pulled if missing."""
+        if name.lower() in self.stage_names:
+            image = self.stage_images[self.stage_names[name.lower()]]
+        elif name.isdigit() and int(name) in self.stage_images:
+            image = self.stage_images[int(name)]
+        elif (name.isdigit() and int(name) < len(self.df.stages)) or any(
+                st.name == name.lower() for st in self.df.stages):
+            raise InvalidArgument(f"cannot mount from stage \"{name}\" to \"{target}\", stage needs to be defined "
+                                  "before current command")
+        else:
+            image = self.svc.resolve_image(name, self.opts, self.out)
+        if not image:
+            raise InvalidArgument(f"RUN --mount from={name}: the stage has no files (FROM scratch with no step)")
+        return image
+
+    @contextlib.contextmanager
+    def _run_mounts(self, mounts: Sequence[_StepMount], network: str) -> Iterator[dict[str, Any]]:
+        """The RUN container's extra ``HostConfig`` (``Mounts``, ``NetworkMode``), its sources held for the block."""
+        host: dict[str, Any] = {"NetworkMode": network} if network else {}
+        if not mounts:
+            yield host
+            return
+        entries: list[dict[str, Any]] = []
+        with contextlib.ExitStack() as held:
+            for sm in mounts:
+                m = sm.mount
+                if m.type == "tmpfs":
+                    # buildkit's tmpfsMount is nosuid but exec: programs run from it (pip builds do); nodev kept
+                    entries.append({"Type": "tmpfs", "Target": sm.target, "ReadOnly": m.readonly,
+                                    "TmpfsOptions": {"SizeBytes": m.size, "Options": [["exec"]]}})
+                    continue
+                if m.type == "cache":
+                    assert self.svc.cache_mounts is not None
+                    source = held.enter_context(self.svc.cache_mounts.use(m))
+                else:
+                    source = held.enter_context(self._mount_tree(sm))
+                    if not m.readonly:
+                        source = self._scratch_copy(source, held)
+                entries.append({"Type": "bind", "Source": str(source), "Target": sm.target, "ReadOnly": m.readonly,
+                                "BindOptions": {"Propagation": "rprivate"}})
+            yield {**host, "Mounts": entries}
+
+    @contextlib.contextmanager
+    def _mount_tree(self, sm: _StepMount) -> Iterator[Path]:
+        """A bind mount's host path: in the context, or in a stage's/image's tree (mounted for the block); the
+        source's symlinks are followed inside that root, never out of it."""
+        if not sm.image:
+            yield self.context_root / sm.rel if sm.rel else self.context_root
+            return
+        cid = self._create(sm.image, {}, [*DEFAULT_SHELL, "#(nop) RUN --mount"], [])
+        try:
+            with self.svc.archive.root(cid) as fd:
+                parts = canonical(fd, [p for p in sm.mount.source.split("/") if p])
+                try:
+                    os.stat("/".join(parts) or ".", dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    raise InvalidArgument(f"failed to mount {sm.target}: {sm.mount.source or '/'}: not found in "
+                                          f"{sm.mount.from_}") from None
+                yield Path(os.readlink(f"/proc/self/fd/{fd}"), *parts)
+        finally:
+            self._remove(cid)
+
+    def _scratch_copy(self, source: Path, held: contextlib.ExitStack) -> Path:
+        """A ``rw`` bind's writable copy: the step may write there, and what it writes is dropped with it."""
+        tmp = Path(tempfile.mkdtemp(prefix="mount-", dir=self.svc.scratch))
+        held.callback(shutil.rmtree, tmp, True)
+        copy_path = tmp / "src"
+        # cp -a keeps owners, modes, links and special files as they are, and follows no symlink
+        done = subprocess.run(["cp", "-a", "--", str(source), str(copy_path)], capture_output=True, check=False)
+        if done.returncode != 0:
+            raise InvalidArgument(f"failed to copy the source of a rw mount: {done.stderr.decode(errors='replace')}")
+        return copy_path
 
     def _run_container(self, cid: str) -> int:
         """Start a RUN step's container, pass its output to the build's stream, return its exit code."""
@@ -776,6 +939,37 @@ class _Build:
         stage.image = image_id
         stage.config = copy.deepcopy(self.svc.store.config(image_id).config)
         self.out(f" ---> {image_id.removeprefix('sha256:')[:12]}\n")
+
+
+@dataclass(frozen=True)
+class _StepMount:
+    """A RUN mount as the step uses it: the parsed flag, its absolute target, and the tree it binds."""
+
+    mount: run_mounts.RunMount
+    target: str
+    image: str = ""        # bind from a stage or image: its ID; "" = the context (or not a bind)
+    rel: str = ""          # bind from the context: the source, resolved in the context
+    content: str = ""      # bind from the context: the source's content hash, part of the step's cache key
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@contextlib.contextmanager
+def _script_mount(host: Mapping[str, Any], script: df.InlineFile | None, target: str,
+                  scratch: Path) -> Iterator[dict[str, Any]]:
+    """``host`` plus a read-only bind of a RUN heredoc's ``#!`` script (0755) at ``target``, for the block."""
+    if script is None:
+        yield dict(host)
+        return
+    with tempfile.TemporaryDirectory(prefix="heredoc-", dir=scratch) as tmp:
+        path = Path(tmp, "script")
+        path.write_bytes(script.data.encode())
+        os.chmod(path, 0o755)
+        bind = {"Type": "bind", "Source": str(path), "Target": target, "ReadOnly": True,
+                "BindOptions": {"Propagation": "rprivate"}}
+        yield {**host, "Mounts": [*(host.get("Mounts") or []), bind]}
 
 
 def _chown_id(name: str, kind: str, table: Callable[[], list[tuple[str, int]]]) -> int:

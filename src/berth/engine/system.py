@@ -57,15 +57,15 @@ def _cgroup_version() -> str:
     return "2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "1"
 
 
-def disk_usage(images: dict[str, Any], containers: list[dict[str, Any]],
-               volumes: list[dict[str, Any]]) -> dict[str, Any]:
+def disk_usage(images: dict[str, Any], containers: list[dict[str, Any]], volumes: list[dict[str, Any]],
+               build_cache: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``GET /system/df``: the images' usage with each image's container count, the containers (as ``ps -a -s``
-    lists them) and the volumes."""
+    lists them), the volumes and the builds' cache mounts."""
     users: dict[str, int] = {}
     for c in containers:
         users[str(c.get("ImageID"))] = users.get(str(c.get("ImageID")), 0) + 1
     rows = [{**i, "Containers": users.get(str(i.get("Id")), 0)} for i in images.get("Images") or []]
-    return {**images, "Images": rows, "Containers": containers, "Volumes": volumes, "BuildCache": []}
+    return {**images, "Images": rows, "Containers": containers, "Volumes": volumes, "BuildCache": build_cache or []}
 
 
 @dataclass

@@ -15,6 +15,7 @@ from berth.engine.build import BuildOptions, StepFailed
 from berth.engine.services import Engine
 from berth.errors import InvalidArgument, NotImplementedYet
 from berth.oci.reference import parse
+from berth.units import parse_go_duration
 
 
 def register(router: Router) -> None:
@@ -42,8 +43,31 @@ def register(router: Router) -> None:
 
     @router.route("POST", "/build/prune")
     async def prune(req: Request, engine: Engine) -> Response:
-        # the classic builder's cache is its intermediate images (docker image prune); no BuildKit cache exists
-        return json_response({"CachesDeleted": None, "SpaceReclaimed": 0})
+        # the classic builder's layer cache is its intermediate images (docker image prune); this prunes the
+        # RUN --mount=type=cache directories
+        until_s = _prune_until(req.qfilters())
+        keep = req.qint("keep-storage", 0)
+        if engine.builds is None:
+            return json_response({"CachesDeleted": None, "SpaceReclaimed": 0})
+        return json_response(await asyncio.to_thread(engine.builds.prune, until_s, keep))
+
+
+def _prune_until(filters: dict[str, list[str]]) -> float:
+    """moby builder-next ``toBuildkitPruneInfo``: ``until`` (or the older ``unused-for``) is one Go duration."""
+    until, unused_for = filters.get("until", []), filters.get("unused-for", [])
+    if until and unused_for:
+        raise InvalidArgument("conflicting filters: \"until\" and \"unused-for\"")
+    key = "unused-for" if unused_for else "until"
+    values = until + unused_for
+    if not values:
+        return 0.0
+    if len(values) > 1:
+        raise InvalidArgument("filters expect only one value")
+    ns = parse_go_duration(values[0])
+    if ns is None:
+        raise InvalidArgument(f"\"{key}\" filter expects a duration (e.g., '24h'): time: invalid duration "
+                              f"\"{values[0]}\"")
+    return ns / 1e9
 
 
 def build_options(req: Request) -> BuildOptions:

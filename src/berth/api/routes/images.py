@@ -72,7 +72,8 @@ def register(router: Router) -> None:
         images = await asyncio.to_thread(engine.images.disk_usage)
         containers = await asyncio.to_thread(engine.containers.list_containers, True, -1, True)
         volumes = await asyncio.to_thread(engine.volumes.disk_usage) if engine.volumes is not None else []
-        return json_response(system.disk_usage(images, containers, volumes))
+        cache = await asyncio.to_thread(engine.builds.cache_usage) if engine.builds is not None else []
+        return json_response(system.disk_usage(images, containers, volumes, cache))
 
     @router.route("POST", "/berth/images/bootstrap")
     async def bootstrap(req: Request, engine: Engine) -> StreamResponse:
