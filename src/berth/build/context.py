@@ -304,16 +304,17 @@ def _hardlink(root_fd: int, pfd: int, base: str, linkname: str) -> None:
 
 def _open_real_dir(root_fd: int, rel: str) -> int:
     """A readable fd for the directory ``rel``, every component a real directory (no symlink is followed)."""
-    fd = os.dup(root_fd)
+    return fsops.open_real_dir(root_fd, fsops.split(rel), readable=True)
+
+
+def _lstat(root_fd: int, rel: str) -> os.stat_result:
+    """The node ``rel`` itself (a final symlink not followed), below real directories only."""
+    parent, _, base = rel.rpartition("/")
+    fd = _open_real_dir(root_fd, parent)
     try:
-        for part in fsops.split(rel):
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    except BaseException:
+        return os.stat(base, dir_fd=fd, follow_symlinks=False)
+    finally:
         os.close(fd)
-        raise
-    return fd
 
 
 def _join(prefix: str, name: str) -> str:
@@ -491,13 +492,7 @@ class _Entry:
 def _entries(root_fd: int, source: Source, top_name: str) -> Iterator[_Entry]:
     """The nodes a source copies: a file as ``top_name``, a directory's contents below "" (never the dir itself)."""
     if not source.is_dir:
-        parent, _, base = source.rel.rpartition("/")
-        fd = _open_real_dir(root_fd, parent)
-        try:
-            st = os.stat(base, dir_fd=fd, follow_symlinks=False)
-        finally:
-            os.close(fd)
-        yield _Entry(source.rel, top_name, st)
+        yield _Entry(source.rel, top_name, _lstat(root_fd, source.rel))
         return
     for rel, st in _walk(root_fd, source.rel):
         yield _Entry(rel, rel[len(source.rel) + 1 :] if source.rel else rel, st)
@@ -559,13 +554,7 @@ def source_hash(root: Path, sources: Sequence[Source]) -> str:
         hashes = []
         for source in sources:
             if not source.is_dir:
-                parent, _, base = source.rel.rpartition("/")
-                fd = _open_real_dir(root_fd, parent)
-                try:
-                    st = os.stat(base, dir_fd=fd, follow_symlinks=False)
-                finally:
-                    os.close(fd)
-                hashes.append("file:" + _tarsum(root_fd, source.rel, st))
+                hashes.append("file:" + _tarsum(root_fd, source.rel, _lstat(root_fd, source.rel)))
                 continue
             sums = sorted(_tarsum(root_fd, rel, st) for rel, st in _walk(root_fd, source.rel) if _copyable(st))
             hashes.append(_hash_list("dir", sums))

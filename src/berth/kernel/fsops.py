@@ -74,12 +74,14 @@ def split(path: str) -> list[str]:
     return [p for p in path.split("/") if p and p != "."]
 
 
-def _reopen(root_fd: int, parts: Sequence[str]) -> int:
-    """Open a chain of real directories below ``root_fd``; fails if any became a symlink meanwhile."""
+def open_real_dir(root_fd: int, parts: Sequence[str], *, readable: bool = False) -> int:
+    """Open a chain of real directories below ``root_fd`` (no symlink followed: ``ELOOP``/``ENOTDIR`` if one is
+    met); an ``O_PATH`` fd unless ``readable``."""
+    flags = (os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if readable else DIR_PATH_FLAGS
     fd = os.dup(root_fd)
     try:
         for name in parts:
-            nxt = os.open(name, DIR_PATH_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            nxt = os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
             fd = nxt
     except BaseException:
@@ -109,7 +111,7 @@ def walk_dir(root_fd: int, parts: Sequence[str], *, create: bool = False, mode: 
                     where.pop()
                     os.close(fd)
                     fd = -1
-                    fd = _reopen(root_fd, where)
+                    fd = open_real_dir(root_fd, where)
                 continue
             try:
                 nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
