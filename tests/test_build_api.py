@@ -218,3 +218,21 @@ def test_symlink_breakout_through_add(daemon: Any, tmp_path: Path) -> None:
     build(daemon, ctx, "--no-cache", "-t", "breakout:1")
     assert not (host_dir / "inject").exists(), "symlink breakout: ADD wrote into a host folder"
     assert daemon.docker("run", "--rm", "breakout:1", "cat", f"{host_dir}/inject").stdout == "x\n"
+
+
+def test_image_prune_during_a_build_leaves_its_images(daemon: Any, tmp_path: Path) -> None:
+    """An earlier stage's image is untagged and childless while later stages run: `docker image prune` (compose and
+    test suites run it often) must not take it from under the build's COPY --from."""
+    ctx = make_context(tmp_path / "ctx", {"Dockerfile": (
+        "FROM busybox AS builder\nRUN echo built > /artifact\n"
+        "FROM busybox\nRUN sleep 2\nCOPY --from=builder /artifact /artifact\nRUN cat /artifact\n")})
+    proc = subprocess.Popen(["docker", "build", "--no-cache", "-t", "pruned-under:1", str(ctx)],
+                            env=daemon.docker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "Step 4/6" in line:
+            break
+    pruned = daemon.docker("image", "prune", "-f").stdout
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, pruned + out + err
+    assert "built\n" in out

@@ -14,6 +14,7 @@ called through ``asyncio.run_coroutine_threadsafe``. Output is dockerd's stream 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
 import datetime
@@ -27,11 +28,12 @@ import queue
 import shutil
 import subprocess
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -188,6 +190,9 @@ class BuildService:
         self.registry = registry
         self.scratch = scratch
         self.cache_mounts = cache_mounts  # RUN --mount=type=cache directories (<data-root>/build-cache)
+        self._held: collections.Counter[str] = collections.Counter()
+        self._held_lock = threading.Lock()
+        images.held = self.held_images
 
     # --- the whole build -------------------------------------------------------------------------------
 
@@ -211,9 +216,28 @@ class BuildService:
                     raise
                 out.flush_held()  # -q: dockerd shows what it held back, then the error
                 raise e from None
+            finally:
+                self._release(run.holding)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         return image_id
+
+    def hold(self, image_id: str) -> None:
+        """Keep ``image_id`` from ``image prune`` and from a ``rmi`` cascade while a build stands on it."""
+        with self._held_lock:
+            self._held[image_id] += 1
+
+    def _release(self, image_ids: Iterable[str]) -> None:
+        with self._held_lock:
+            for image_id in image_ids:
+                self._held[image_id] -= 1
+                if self._held[image_id] <= 0:
+                    del self._held[image_id]
+
+    def held_images(self) -> frozenset[str]:
+        """The images running builds stand on (their bases and every step's image so far)."""
+        with self._held_lock:
+            return frozenset(self._held)
 
     # --- small verbs the steps use -------------------------------------------------------------------
 
@@ -282,6 +306,7 @@ class _Build:
         self.stage_images: dict[int, str] = {}
         self.stage_names: dict[str, int] = {}
         self.live: set[str] = set()   # containers this build made and has not removed yet
+        self.holding: set[str] = set()  # images it stands on, kept from prune until it ends
         self.empty_base = ""
 
     def build(self) -> str:
@@ -360,6 +385,7 @@ class _Build:
         base_cfg = self.svc.store.config(image) if image else None
         config = copy.deepcopy(base_cfg.config) if base_cfg else {}
         self.out(f" ---> {image.removeprefix('sha256:')[:12]}\n")
+        self._hold(image)
         stage = _Stage(st.index, st.name, image, config, author=str(base_cfg.doc.get("author") or "") if base_cfg
                        else "")
         triggers = list(config.get("OnBuild") or [])
@@ -935,7 +961,13 @@ class _Build:
             return "this instruction ran here before with other inputs (files, arguments, or config changed)"
         return "the instruction differs from the one an earlier build ran at this point"
 
+    def _hold(self, image_id: str) -> None:
+        if image_id and image_id not in self.holding:
+            self.holding.add(image_id)
+            self.svc.hold(image_id)
+
     def _advance(self, stage: _Stage, image_id: str) -> None:
+        self._hold(image_id)
         stage.image = image_id
         stage.config = copy.deepcopy(self.svc.store.config(image_id).config)
         self.out(f" ---> {image_id.removeprefix('sha256:')[:12]}\n")

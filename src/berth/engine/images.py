@@ -62,6 +62,8 @@ class ImageService:
         self._bootstrap_locks: dict[str, threading.Lock] = {}
         # containers created from an image: (container id, has a live process); wired by the daemon
         self.image_users: Callable[[str], list[tuple[str, bool]]] = lambda _image_id: []
+        # images running builds stand on (engine/build.py): prune and a rmi cascade leave them
+        self.held: Callable[[], frozenset[str]] = frozenset
 
     def count(self) -> int:
         return self.store.db.count()
@@ -262,7 +264,7 @@ class ImageService:
             except NotFound:
                 return
             if parent.tags or parent.repo_digests or self.store.db.children(parent.id) \
-                    or self.image_users(parent.id):
+                    or self.image_users(parent.id) or parent.id in self.held():
                 return
             rec = parent
 
@@ -287,7 +289,8 @@ class ImageService:
         for key in filters:
             if key not in {"label", "label!", "until"}:
                 raise InvalidArgument(f"invalid filter '{key}'")
-        rows = [r for r in self._rows() if not self.image_users(r.rec.id)]
+        held = self.held()
+        rows = [r for r in self._rows() if not self.image_users(r.rec.id) and r.rec.id not in held]
         if only_dangling:
             rows = [r for r in rows if not r.rec.tags]
         if "until" in filters:
