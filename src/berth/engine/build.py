@@ -14,6 +14,7 @@ called through ``asyncio.run_coroutine_threadsafe``. Output is dockerd's stream 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import collections
 import contextlib
 import copy
@@ -833,6 +834,7 @@ class _Build:
             return int(result.get("StatusCode", 0))
 
         fut = asyncio.run_coroutine_threadsafe(go(), self.loop)
+        text = codecs.getincrementaldecoder("utf-8")("replace")  # a character may straddle two chunks
         try:
             while True:
                 try:
@@ -841,8 +843,11 @@ class _Build:
                     self.alive()  # a silent step (sleep 30) still notices the client leaving
                     continue
                 if data is None:
+                    if rest := text.decode(b"", final=True):
+                        self.out(rest)
                     break
-                self.out(data.decode("utf-8", "replace"))
+                if shown := text.decode(data):
+                    self.out(shown)
         except BaseException:
             fut.cancel()
             raise
