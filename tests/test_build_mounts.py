@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -266,3 +268,18 @@ def test_builder_prune_with_until_and_df(daemon: Any, tmp_path: Path) -> None:
     gone = daemon.docker("builder", "prune", "-f", "--all").stdout
     assert "Deleted build cache objects:" in gone
     assert list((daemon.data_root / "build-cache").iterdir()) == []
+
+
+def test_berth_builder_prune(daemon: Any, tmp_path: Path) -> None:
+    """`berth builder prune` shows what `docker builder prune` shows."""
+    ctx = make_context(tmp_path / "ctx", {
+        "Dockerfile": "FROM busybox\nRUN --mount=type=cache,target=/c,id=berth-cli-prune sh -c 'echo x > /c/f'\n"})
+    build(daemon, ctx, "--no-cache")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "BERTH_"))}
+    env["BERTH_HOST"] = daemon.host
+    berth = str(Path(sys.executable).with_name("berth"))
+    done = subprocess.run([berth, "builder", "prune", "-f", "--all"], env=env, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.startswith("Deleted build cache objects:\n") and "Total reclaimed space: " in done.stdout
+    again = subprocess.run([berth, "builder", "prune", "-f"], env=env, capture_output=True, text=True, check=True)
+    assert again.stdout == "Total reclaimed space: 0B\n"

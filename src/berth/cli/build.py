@@ -805,8 +805,37 @@ def _configure(p: CommandParser) -> None:
 BUILD = Command("build", "Build an image from a Dockerfile", "[OPTIONS] PATH | URL | -", _build, _configure,
                 Arity(1, 1), metavar="PATH")
 
+# ---- builder prune ---------------------------------------------------------------------------------------------
+
+def _configure_prune(p: CommandParser) -> None:
+    from berth.cli.objects import add_prune_flags
+
+    add_prune_flags(p, all_help="Remove all unused build cache, not just dangling ones")
+    p.add_argument("--keep-storage", default="", metavar="bytes", help="Amount of disk space to keep for cache")
+
+
+def _prune(ctx: Context, ns: Any) -> int:
+    """``docker builder prune``: berth's build cache is the RUN cache mounts (the layer cache is images)."""
+    from berth.cli.command import filters_from
+    from berth.cli.containers import ram_in_bytes
+    from berth.cli.objects import confirm, filter_query, show_deleted, show_reclaimed
+
+    warning = f"WARNING! This will remove all {'' if ns.all else 'dangling '}build cache."
+    if not ns.force and not confirm(ctx, warning):
+        return 0
+    params: dict[str, Any] = {"filters": filter_query(filters_from(ns.filter)), "all": True if ns.all else None}
+    if ns.keep_storage:
+        params["keep-storage"] = ram_in_bytes(ns.keep_storage)
+    report: dict[str, Any] = ctx.client.post("/build/prune", params).json() or {}
+    show_deleted(ctx, "Deleted build cache objects:", list(report.get("CachesDeleted") or []))
+    show_reclaimed(ctx, report)
+    return 0
+
+
+PRUNE = Command("prune", "Remove build cache", "[OPTIONS]", _prune, _configure_prune, Arity(0, 0))
+
 COMMANDS = (BUILD,)
 GROUPS = (
     Group("image", "Manage images", (BUILD,)),
-    Group("builder", "Manage builds", (BUILD,)),
+    Group("builder", "Manage builds", (BUILD, PRUNE)),
 )
