@@ -115,17 +115,19 @@ def test_a_failing_run_fails_the_build_with_its_code(daemon: Any, tmp_path: Path
 
 def test_multi_stage_target_args(daemon: Any, tmp_path: Path) -> None:
     ctx = make_context(tmp_path / "ctx", {"Dockerfile": (
-        "ARG BASE=busybox\n"
+        "ARG BASE=busybox SECOND=x\n"
         "FROM ${BASE} AS builder\n"
         "ARG GREETING=hello\n"
         "RUN mkdir /out && echo \"$GREETING from builder\" > /out/msg\n"
         "FROM busybox AS tester\n"
         "RUN echo tester-ran > /t\n"
         "FROM $BASE\n"
+        "ARG SECOND\n"
+        "RUN test \"$SECOND\" = x\n"
         "COPY --from=builder /out/msg /msg\n"
         "CMD [\"cat\", \"/msg\"]\n")})
     res = build(daemon, ctx, "-t", "multi:1", "--build-arg", "GREETING=hi", "--build-arg", "UNUSED=1")
-    assert "Step 1/9 : ARG BASE=busybox" in res.stdout
+    assert "Step 1/11 : ARG BASE=busybox SECOND=x" in res.stdout
     assert "[Warning] One or more build-args [UNUSED] were not consumed" in res.stdout
     assert daemon.docker("run", "--rm", "multi:1").stdout == "hi from builder\n"
     res = build(daemon, ctx, "-t", "multi:tester", "--target", "tester")

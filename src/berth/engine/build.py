@@ -316,8 +316,8 @@ class _Build:
         try:
             for instr in self.df.global_args:
                 self._announce(instr)
-                name, default = df.arg_decl(instr, self._global_env(), self.df.escape)
-                self.global_args[name] = self._arg_value(name, default)
+                for name, default in df.arg_decls(instr, self._global_env(), self.df.escape):  # ARG A=1 B=2
+                    self.global_args[name] = self._arg_value(name, default)
             stage: _Stage | None = None
             for st in self.df.stages[: last + 1]:
                 stage = self._from(st)
