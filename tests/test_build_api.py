@@ -173,21 +173,31 @@ def test_scratch_copy_symlinks_stay_links_and_add_extracts_safely(daemon: Any, t
         f = tarfile.TarInfo("escape/pwned")
         f.size = len(data)
         tf.addfile(f, io.BytesIO(data))
+    before = daemon.docker("images", "-a", "-q").stdout.split()
     ctx = make_context(tmp_path / "ctx", {"bundle.tar.gz": buf.getvalue(), "hello": "hello\n"})
-    os.symlink("/etc/passwd", ctx / "passwd-link")
-    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY hello passwd-link /files/\nADD bundle.tar.gz /unpacked/\n")
+    (ctx / "links").mkdir()
+    os.symlink("/etc/passwd", ctx / "links" / "passwd-link")  # inside a copied directory: stays a link
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY hello links /files/\nADD bundle.tar.gz /unpacked/\n")
     res = build(daemon, ctx, "-t", "scratchy:1", check=False)
     # whatever the verdict on the hostile member, nothing may land outside the image
     assert not Path("/pwned").exists()
-    if res.returncode == 0:
-        cid = daemon.docker("create", "scratchy:1", "x").stdout.strip()
-        out = subprocess.run(["docker", "export", cid], env=daemon.docker_env(), capture_output=True,
-                             check=True).stdout
-        daemon.docker("rm", cid)
-        with tarfile.open(fileobj=io.BytesIO(out)) as tf:
-            members = {m.name.rstrip("/"): m for m in tf.getmembers()}
-        assert members["files/passwd-link"].issym() and members["files/passwd-link"].linkname == "/etc/passwd"
-        assert members["files/hello"].isfile()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY links/passwd-link /x\n")
+    followed = build(daemon, ctx, check=False)  # a source that is a link is followed, inside the context
+    assert followed.returncode != 0 and "stat links/passwd-link: file does not exist" in followed.stderr
+    assert res.returncode == 0, res.stderr
+    cid = daemon.docker("create", "scratchy:1", "x").stdout.strip()
+    out = subprocess.run(["docker", "export", cid], env=daemon.docker_env(), capture_output=True,
+                         check=True).stdout
+    daemon.docker("rm", cid)
+    with tarfile.open(fileobj=io.BytesIO(out)) as tf:
+        members = {m.name.rstrip("/"): m for m in tf.getmembers()}
+    assert members["files/passwd-link"].issym() and members["files/passwd-link"].linkname == "/etc/passwd"
+    assert members["pwned"].isfile()  # written through the planted link: it resolved inside the image
+    assert members["files/hello"].isfile()
+    # the zero-layer base the scratch stage stood on is not an image anyone sees, even with -a
+    added = set(daemon.docker("images", "-a", "-q").stdout.split()) - set(before)
+    assert added and all(json.loads(daemon.docker("image", "inspect", i).stdout)[0]["RootFS"]["Layers"]
+                         for i in added)
 
 
 def test_docker_py_build_quiet_and_iidfile(daemon: Any, tmp_path: Path) -> None:

@@ -99,6 +99,8 @@ class ImageService:
         if not all:  # a build's intermediate images (untagged, with a child) show only with -a, as in Docker
             parents = self.store.db.parents()
             rows = [r for r in rows if r.rec.tags or r.rec.id not in parents]
+        # the zero-layer base a scratch stage builds on (engine/build.py) is berth's artifact, never listed
+        rows = [r for r in rows if r.rec.tags or self.store.config(r.rec.id).diff_ids]
         rows.sort(key=lambda r: r.created, reverse=True)
         return [self._summary(r) for r in rows]
 
