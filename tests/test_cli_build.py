@@ -7,21 +7,20 @@ import base64
 import io
 import json
 import os
-import socketserver
 import tarfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from berth.cli import build
 from berth.cli.command import CliError, Context
 from berth.cli.main import execute
+from berth.testing.fakedaemon import Fake as FakeDaemon
+from berth.testing.fakedaemon import Reply, Req, serve
+from berth.testing.fakedaemon import TextStream as Stream
 
 IMAGE_ID = "sha256:" + "4a" * 32
 OK_STREAM: list[dict[str, Any]] = [
@@ -41,24 +40,32 @@ FAIL_STREAM: list[dict[str, Any]] = [
 ]
 
 
-# ---- a fake berthd that records one build --------------------------------------------------------------
-
-@dataclass
-class Seen:
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
+# ---- a fake berthd that records builds (berth.testing.fakedaemon) ----------------------------------------
 
 
 @dataclass
 class Fake:
-    sock: str
+    """The generic fake daemon with one route, POST /build, answering ``answer`` (or a 500 when ``status``)."""
+
+    daemon: FakeDaemon
     answer: list[dict[str, Any]] = field(default_factory=lambda: list(OK_STREAM))
     status: int = 200
-    seen: list[Seen] = field(default_factory=list)
+
+    @property
+    def sock(self) -> str:
+        return self.daemon.sock
+
+    @property
+    def seen(self) -> list[Req]:
+        return self.daemon.requests
 
     def members(self) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
         return tar_members(self.seen[-1].body)
+
+    def reply(self, req: Req) -> Reply:
+        if self.status != 200:
+            return Reply(self.status, {"message": "Cannot locate specified Dockerfile: Dockerfile"})
+        return Reply(chunks=[json.dumps(msg).encode() + b"\r\n" for msg in self.answer])
 
 
 def tar_members(data: bytes) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
@@ -70,81 +77,14 @@ def tar_members(data: bytes) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
     return out
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def address_string(self) -> str:
-        return "unix"
-
-    def do_POST(self) -> None:
-        chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
-        body = bytearray()
-        if chunked:
-            while (size := int(self.rfile.readline().split(b";")[0], 16)) != 0:
-                body += self.rfile.read(size)
-                self.rfile.readline()
-            self.rfile.readline()
-        else:
-            body += self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        fake = self.server.fake
-        headers = dict(self.headers.items())
-        headers["chunked"] = str(chunked)
-        fake.seen.append(Seen(parse_qs(urlsplit(self.path).query, keep_blank_values=True), headers, bytes(body)))
-        self.close_connection = True
-        self.send_response(fake.status)
-        self.send_header("Content-Type", "application/json")
-        if fake.status != 200:
-            data = json.dumps({"message": "Cannot locate specified Dockerfile: Dockerfile"}).encode()
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            return
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        for msg in fake.answer:
-            line = json.dumps(msg).encode() + b"\r\n"
-            self.wfile.write(b"%X\r\n%s\r\n" % (len(line), line))
-        self.wfile.write(b"0\r\n\r\n")
-
-
-class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    fake: Fake
-
-
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake]:
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
     monkeypatch.delenv("DOCKER_DEFAULT_PLATFORM", raising=False)
-    sock = str(tmp_path / "berth.sock")
-    server = _Server(sock, _Handler)
-    server.fake = Fake(sock)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield server.fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-class Stream(io.TextIOWrapper):
-    def __init__(self, data: bytes = b"", tty: bool = False) -> None:
-        super().__init__(io.BytesIO(data), encoding="utf-8", newline="")
-        self.tty = tty
-
-    def isatty(self) -> bool:
-        return self.tty
-
-    def text(self) -> str:
-        self.flush()
-        assert isinstance(self.buffer, io.BytesIO)
-        return self.buffer.getvalue().decode()
+    with serve(str(tmp_path / "berth.sock")) as daemon:
+        f = Fake(daemon)
+        daemon.on("POST", "/build", f.reply)
+        yield f
 
 
 @dataclass
@@ -192,7 +132,7 @@ def test_directory_tar_is_ordered_owned_by_root_with_modes_and_links(ctxdir: Pat
     assert m["link"][0].issym() and m["link"][0].linkname == "a.txt"
     assert m["z-hard"][0].islnk() and m["z-hard"][0].linkname == "a.txt"
     seen = fake.seen[-1]
-    assert seen.headers["Content-Type"] == "application/x-tar" and seen.headers["chunked"] == "True"
+    assert seen.headers["Content-Type"] == "application/x-tar" and seen.headers["Transfer-Encoding"] == "chunked"
     assert seen.body.endswith(b"\0" * 1024) and len(seen.body) % 512 == 0
 
 

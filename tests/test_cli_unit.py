@@ -6,17 +6,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import socketserver
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -34,144 +30,18 @@ from berth.client.http import (
     socket_path,
 )
 from berth.errors import Conflict, InternalError, InvalidArgument, NotFound
+from berth.testing.fakedaemon import Fake, Reply, serve
+from berth.testing.fakedaemon import TextStream as Stream
 
-# ---- the fake daemon ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Req:
-    method: str
-    path: str  # without the /v1.xx prefix
-    raw_path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: Any = None  # JSON-able, bytes, or None
-    chunks: list[bytes] | None = None  # sent chunked, flushed one by one
-    content_type: str = "application/json"
-
-
-Route = Callable[[Req], Reply]
-
-
-@dataclass
-class Fake:
-    sock: str
-    routes: dict[tuple[str, str], Route | Reply] = field(default_factory=dict)
-    requests: list[Req] = field(default_factory=list)
-
-    def on(self, method: str, path: str, reply: Route | Reply) -> None:
-        self.routes[(method, path)] = reply
-
-    def last(self) -> Req:
-        return self.requests[-1]
-
-
-def _read_chunked(rfile: Any) -> bytes:
-    out = bytearray()
-    while True:
-        size = int(rfile.readline().split(b";")[0].strip(), 16)
-        if size == 0:
-            while rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return bytes(out)
-        out += rfile.read(size)
-        rfile.readline()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def address_string(self) -> str:
-        return "unix"
-
-    def _handle(self) -> None:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body = _read_chunked(self.rfile)
-        else:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        url = urlsplit(self.path)
-        path = url.path
-        if path.startswith("/v1."):
-            path = "/" + path.split("/", 2)[2]
-        req = Req(self.command, path, self.path, parse_qs(url.query, keep_blank_values=True),
-                  dict(self.headers.items()), body)
-        fake = self.server.fake
-        fake.requests.append(req)
-        route = fake.routes.get((self.command, path))
-        reply = Reply(404, {"message": "page not found"}) if route is None else route
-        if callable(reply):
-            reply = reply(req)
-        self.close_connection = True
-        self.send_response(reply.status)
-        self.send_header("Api-Version", "1.44")
-        if reply.chunks is not None:
-            self.send_header("Content-Type", reply.content_type)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            for chunk in reply.chunks:
-                self.wfile.write(b"%X\r\n%s\r\n" % (len(chunk), chunk))
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            return
-        data = reply.body if isinstance(reply.body, bytes) else (
-            b"" if reply.body is None else json.dumps(reply.body).encode())
-        if data:
-            self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = do_HEAD = do_PUT = _handle
-
-
-class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    fake: Fake
+# ---- the fake daemon (berth.testing.fakedaemon) --------------------------------------------------------
 
 
 @pytest.fixture
 def fake(tmp_path: Path) -> Iterator[Fake]:
-    sock = str(tmp_path / "berth.sock")
-    server = _Server(sock, _Handler)
-    server.fake = Fake(sock)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield server.fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve(str(tmp_path / "berth.sock")) as f:
+        yield f
 
 
-class Stream(io.TextIOWrapper):
-    """A text stream over bytes that can claim to be a terminal."""
-
-    def __init__(self, data: bytes = b"", tty: bool = False) -> None:
-        super().__init__(io.BytesIO(data), encoding="utf-8", newline="")
-        self.tty = tty
-
-    def isatty(self) -> bool:
-        return self.tty
-
-    def raw_value(self) -> bytes:
-        self.flush()
-        assert isinstance(self.buffer, io.BytesIO)
-        return self.buffer.getvalue()
-
-    def text(self) -> str:
-        return self.raw_value().decode()
 
 
 @dataclass
