@@ -28,7 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import DOCKER_CLI, TMP, Daemon, Harness, HarnessError, alternate, print_medians, run_main, write_json
+from harness import (
+    DOCKER_CLI,
+    Daemon,
+    Harness,
+    HarnessError,
+    add_daemon_args,
+    alternate,
+    parse_daemon_args,
+    print_medians,
+    run_main,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = "berth-bench/build:latest"
@@ -167,17 +178,10 @@ class Toucher:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--with-docker", action="store_true", help="also measure a real dockerd")
-    ap.add_argument("--no-berth", action="store_true", help="measure only dockerd (harness check)")
+    add_daemon_args(ap)
     ap.add_argument("--reps", type=int, default=5, help="timed builds per scenario and daemon")
     ap.add_argument("--pause", type=float, default=0.5, help="seconds of quiet before each timed build")
-    ap.add_argument("--keep", action="store_true", help="keep the daemons' bench-XXXX directory")
-    ap.add_argument("--tmp", type=Path, default=TMP,
-                    help="where the daemons' bench-XXXX directory goes (default $BERTH_BENCH_TMP or /tmp)")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    args = ap.parse_args()
-    if args.no_berth and not args.with_docker:
-        ap.error("nothing to measure: --no-berth without --with-docker")
+    args = parse_daemon_args(ap)
     archive = fixture()
 
     versions: dict[str, str] = {}

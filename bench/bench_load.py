@@ -14,7 +14,18 @@ import sys
 import time
 from pathlib import Path
 
-from harness import CACHE, TMP, Daemon, Harness, HarnessError, alternate, print_medians, run_main, write_json
+from harness import (
+    CACHE,
+    Daemon,
+    Harness,
+    HarnessError,
+    add_daemon_args,
+    alternate,
+    parse_daemon_args,
+    print_medians,
+    run_main,
+    write_json,
+)
 from make_image import TAG, make
 
 
@@ -35,8 +46,7 @@ def time_load(daemon: Daemon, archive: Path) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--with-docker", action="store_true", help="also measure a real dockerd")
-    ap.add_argument("--no-berth", action="store_true", help="measure only dockerd (harness check)")
+    add_daemon_args(ap)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--source", choices=("auto", "bootstrap", "synthetic"), default="auto",
                     help="image content: a bootstrapped python:3.11 rootfs, or a synthetic tree (default: auto)")
@@ -44,13 +54,7 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=3, help="synthetic layer count")
     ap.add_argument("--archive", type=Path, help="use this docker-save archive (its tag must be " + TAG + ")")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached archive")
-    ap.add_argument("--keep", action="store_true", help="keep the daemons' bench-XXXX directory")
-    ap.add_argument("--tmp", type=Path, default=TMP,
-                    help="where the daemons' bench-XXXX directory goes (default $BERTH_BENCH_TMP or /tmp)")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    args = ap.parse_args()
-    if args.no_berth and not args.with_docker:
-        ap.error("nothing to measure: --no-berth without --with-docker")
+    args = parse_daemon_args(ap)
 
     archive = args.archive
     if archive is None:

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness import TMP, Daemon, Harness, HarnessError, alternate, median, run_main, write_json
+from harness import Daemon, Harness, HarnessError, add_daemon_args, alternate, median, run_main, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -135,15 +135,12 @@ def run_cost(d: Daemon, publish: bool, created: list[str]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--with-docker", action="store_true", help="also measure a real dockerd")
+    add_daemon_args(ap, no_berth=False)
     ap.add_argument("--stream-mb", type=int, default=1024)
     ap.add_argument("--stream-reps", type=int, default=3)
     ap.add_argument("--http-s", type=float, default=5.0, help="seconds of HTTP requests per repetition")
     ap.add_argument("--http-reps", type=int, default=3)
     ap.add_argument("--run-reps", type=int, default=10)
-    ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--tmp", type=Path, default=TMP)
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if os.geteuid() != 0:
         ap.error("needs root (daemons, bridges, firewall rules)")

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import CACHE, TMP, Daemon, Harness, HarnessError
+from harness import CACHE, Daemon, Harness, HarnessError, add_daemon_args, parse_daemon_args
 from make_image import TAG, make
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -112,23 +112,16 @@ def _archive(source: str, rebuild: bool) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--with-docker", action="store_true", help="also measure a real dockerd")
-    ap.add_argument("--no-berth", action="store_true", help="measure only dockerd (harness check)")
+    add_daemon_args(ap)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--source", choices=("auto", "bootstrap", "synthetic"), default="bootstrap",
                     help="image content (default: the bootstrapped python:3.11 rootfs)")
     ap.add_argument("--archive", type=Path, help="use this docker-save archive (its tag must be " + TAG + ")")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached archive")
-    ap.add_argument("--keep", action="store_true", help="keep the daemons' bench-XXXX directory")
-    ap.add_argument("--tmp", type=Path, default=TMP,
-                    help="where the bench-XXXX directory goes (default $BERTH_BENCH_TMP or /tmp)")
     ap.add_argument("--settle", type=float, default=65.0,
                     help="seconds to wait between the rmi and the timed pulls (default 65: ext4 without a journal "
                          "makes inode allocation slow for 60 s after deletes; 0 measures that too)")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    args = ap.parse_args()
-    if args.no_berth and not args.with_docker:
-        ap.error("nothing to measure: --no-berth without --with-docker")
+    args = parse_daemon_args(ap)
     if not os.path.exists(REGISTRY_BIN):
         raise HarnessError(f"{REGISTRY_BIN} is missing (apt-get install docker-registry)")
     archive = args.archive or _archive(args.source, args.rebuild)

@@ -34,15 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
-    TMP,
     Daemon,
     Harness,
     HarnessError,
     _descendants,
     _processes,
+    add_daemon_args,
     docker_bindirs,
     median,
     orphans,
+    parse_daemon_args,
     print_medians,
     run_main,
     write_json,
@@ -196,24 +197,18 @@ def memory(daemon: Daemon, exclude: set[int]) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--with-docker", action="store_true", help="also measure a real dockerd (and the runc floor)")
-    ap.add_argument("--no-berth", action="store_true", help="measure only dockerd (harness check)")
+    add_daemon_args(ap, "also measure a real dockerd (and the runc floor)")
     ap.add_argument("--reps", type=int, default=20, help="timed `docker run` per daemon")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--containers", type=int, default=20, help="N sleeping containers for memory and ps -a")
     ap.add_argument("--ps-reps", type=int, default=10)
     ap.add_argument("--no-runc", action="store_true", help="skip the bare runc floor")
-    ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--tmp", type=Path, default=TMP)
-    ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--pause", type=float, default=0.5, help="seconds of quiet before each timed run")
     ap.add_argument("--bridge", action="store_true",
                     help="time `docker run --rm busybox true` on each engine's default bridge network instead of "
                          "--network none (dockerd gets a bridge of its own with iptables)")
-    args = ap.parse_args()
+    args = parse_daemon_args(ap)
     run_args = ("run", "--rm", IMAGE, "true") if args.bridge else RUN_ARGS
-    if args.no_berth and not args.with_docker:
-        ap.error("nothing to measure")
     archive = fixture()
     results: dict[str, Any] = {"run_s": {}, "ps_s": {}, "memory": {}, "ready_s": {}, "versions": {}}
 

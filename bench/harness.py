@@ -512,6 +512,27 @@ def write_json(path: Path | None, results: Any) -> None:
         path.write_text(json.dumps(results, indent=2) + "\n")
 
 
+def add_daemon_args(ap: argparse.ArgumentParser, docker_help: str = "also measure a real dockerd",
+                    no_berth: bool = True, json_out: bool = True) -> None:
+    """The flags every benchmark takes: which daemons, where their bench-XXXX directory goes, a JSON copy."""
+    ap.add_argument("--with-docker", action="store_true", help=docker_help)
+    if no_berth:
+        ap.add_argument("--no-berth", action="store_true", help="measure only dockerd (harness check)")
+    ap.add_argument("--keep", action="store_true", help="keep the daemons' bench-XXXX directory")
+    ap.add_argument("--tmp", type=Path, default=TMP,
+                    help="where the daemons' bench-XXXX directory goes (default $BERTH_BENCH_TMP or /tmp)")
+    if json_out:
+        ap.add_argument("--json", type=Path, help="also write the results here")
+
+
+def parse_daemon_args(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """``ap.parse_args()``, refusing a run that would measure nothing."""
+    args = ap.parse_args()
+    if getattr(args, "no_berth", False) and not args.with_docker:
+        ap.error("nothing to measure: --no-berth without --with-docker")
+    return args
+
+
 def run_main(main: Callable[[], int], name: str) -> NoReturn:
     """A benchmark's entry point: its exit status, or 1 with a one-line message when the harness failed."""
     try:
@@ -523,10 +544,7 @@ def run_main(main: Callable[[], int], name: str) -> NoReturn:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--with-docker", action="store_true", help="also start a real dockerd")
-    ap.add_argument("--no-berth", action="store_true", help="do not start berthd")
-    ap.add_argument("--keep", action="store_true", help="keep the bench-XXXX directory")
-    ap.add_argument("--tmp", type=Path, default=TMP, help="where bench-XXXX goes (default $BERTH_BENCH_TMP or /tmp)")
+    add_daemon_args(ap, "also start a real dockerd", json_out=False)
     args = ap.parse_args()
     with Harness(keep=args.keep, tmp=args.tmp) as h:
         for d in h.start(berth=not args.no_berth, docker=args.with_docker):
